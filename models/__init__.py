@@ -1,0 +1,26 @@
+"""The seven model families, installed as ``edgecompile.models``.
+
+Importing this package registers every variant; see ``_registry`` for the API.
+"""
+
+from ._registry import (
+    ModelInfo,
+    create_model,
+    get_model_info,
+    list_families,
+    list_models,
+    register_model,
+)
+
+# Families register their variants on import; order here is the listing order.
+from . import squeezenet, mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2  # noqa: E402,F401
+from . import fasternet, mobilenext  # noqa: E402,F401
+
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "get_model_info",
+    "list_families",
+    "list_models",
+    "register_model",
+]
