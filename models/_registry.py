@@ -29,10 +29,10 @@ class ModelInfo:
     family: str
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
     params: int  # published parameter count (1000 classes)
+    macs: int  # published multiply-adds at ``input_size`` ("FLOPs" in the papers)
     # True where the reference publishes an exact count (torchvision): we must match it to the
     # parameter; otherwise the paper's rounded figure, matched within 1%.
     params_exact: bool = False
-    macs: int  # published multiply-adds at ``input_size`` ("FLOPs" in the papers)
     top1: float | None = None  # published ImageNet top-1, %
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN

@@ -1,0 +1,5 @@
+import sys
+
+from edgecompile.cli import main
+
+sys.exit(main())

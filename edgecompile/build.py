@@ -1,0 +1,154 @@
+"""`edgecompile build`: model name + target preset -> artifact directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import edgecompile
+from edgecompile import artifact as art
+from edgecompile import flops, numerics, ort, tvm_backend
+from edgecompile.errors import EdgeCompileError, UsageError
+from edgecompile.models import ModelInfo, get_model_info
+from edgecompile.progress import StageProgress
+from edgecompile.stages.compile import compile_onnx
+from edgecompile.stages.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from edgecompile.stages.fold_bn import count_ops, fold_batchnorm
+from edgecompile.stages.simplify import simplify_onnx
+from edgecompile.targets import TargetPreset, get_target
+from edgecompile.weights import file_sha256, init_for_parity, load_weights
+
+MIN_INPUT_SIZE = 32  # every family downsamples by 32
+FOLD_CHECK_INPUTS = 2
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str
+    target: str
+    output_dir: Path = Path("build")
+    input_size: int | None = None  # None: the variant's own
+    weights: Path | None = None  # None: seeded parity init (see weights.init_for_parity)
+    num_classes: int | None = None  # None: the variant's own
+    seed: int = 0
+    opset: int = DEFAULT_OPSET
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to re-create the exact PyTorch model an artifact was built from."""
+
+    name: str
+    input_size: int
+    num_classes: int
+    weights: dict[str, Any]  # {"source": "init", "seed": 0} or {"source": "file", ...}
+
+    @classmethod
+    def from_options(cls, opts: BuildOptions, info: ModelInfo) -> ModelSpec:
+        size = opts.input_size or info.input_size
+        if size < MIN_INPUT_SIZE:
+            raise UsageError(f"--input-size {size} is below the minimum of {MIN_INPUT_SIZE}")
+        if opts.weights is None:
+            weights: dict[str, Any] = {"source": "init", "seed": opts.seed}
+        else:
+            path = Path(opts.weights).resolve()
+            if not path.is_file():
+                raise UsageError(f"--weights {opts.weights}: no such file")
+            weights = {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+        return cls(info.name, size, opts.num_classes or info.num_classes, weights)
+
+    def create(self) -> nn.Module:
+        info = get_model_info(self.name)
+        model = info.create(num_classes=self.num_classes)
+        if self.weights["source"] == "init":
+            return init_for_parity(model, self.weights["seed"], self.input_size)
+        path = Path(self.weights["path"])
+        if path.is_file() and file_sha256(path) != self.weights["sha256"]:
+            raise EdgeCompileError(f"weights file {path} changed since the build (sha256 differs)")
+        return load_weights(model, info, path)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, self.input_size, self.input_size)
+
+
+def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
+    info = get_model_info(opts.model)  # unknown names fail here, before any work
+    preset = get_target(opts.target)
+    spec = ModelSpec.from_options(opts, info)
+    final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}"
+    progress = StageProgress(total=5, quiet=quiet)
+    progress.note(f"{info.name} ({info.family}) -> {preset.name}: {preset.description}")
+    progress.note(f"input {spec.input_shape}, weights {spec.weights['source']}, out {final_dir}")
+
+    with progress.stage("model", "create PyTorch model"):
+        model = spec.create()
+    with progress.stage("export", f"ONNX opset {opts.opset}"):
+        exported = export_onnx(model, spec.input_shape, opts.opset)
+    with progress.stage("simplify", "onnxsim"):
+        simplified = simplify_onnx(exported)
+    with progress.stage("fold-bn", f"{count_ops(simplified, 'BatchNormalization')} BN nodes"):
+        folded, report = fold_batchnorm(simplified)
+        _check_same(simplified, folded, spec.input_shape, "BN folding")
+        progress.note(f"{report.folded} folded into Conv/Gemm, {report.affine} as Mul+Add")
+
+    with art.atomic_directory(final_dir) as tmp:
+        onnx.save(folded, tmp / art.ONNX_FILE)
+        with progress.stage("compile", f"TVM {tvm_backend.version()} for {preset.target['kind']}"):
+            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / art.LIBRARY)
+        manifest = _manifest(info, spec, preset, lib.target, exported, folded, report, model,
+                             opts, progress.timings)
+        manifest["files"] = art.describe_files(tmp, [art.LIBRARY, art.ONNX_FILE])
+        art.write_json(tmp / art.MANIFEST, manifest)
+    return art.Artifact.load(final_dir)
+
+
+def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, shape, what: str) -> None:
+    x = numerics.parity_inputs(FOLD_CHECK_INPUTS, shape[1:])
+    cmp = numerics.compare(ort.run_onnx(before, x), ort.run_onnx(after, x))
+    if not cmp.ok:
+        raise EdgeCompileError(f"{what} changed the outputs: {cmp}")
+
+
+def _manifest(info, spec: ModelSpec, preset: TargetPreset, target: dict, exported, folded,
+              report, model: nn.Module, opts: BuildOptions, timings) -> dict[str, Any]:
+    return {
+        "schema": art.SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": info.to_dict() | {
+            "params_counted": flops.count_params(model),
+            "macs_counted": flops.count_macs(model, spec.input_size),
+        },
+        "spec": asdict(spec),  # how to re-create the PyTorch model (verify uses it)
+        "input": {
+            "name": INPUT_NAME, "shape": list(spec.input_shape), "dtype": "float32",
+            "layout": "NCHW", "mean": list(info.mean), "std": list(info.std),
+            "crop_pct": info.crop_pct,
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [1, spec.num_classes], "dtype": "float32"},
+        "target": {
+            "preset": preset.name, "device": preset.device, "tvm_target": target,
+            "cross_compiler": preset.cross_compiler, "device_core": preset.device_core,
+            "rpc_key": preset.rpc_key, "threads": preset.threads, "preset_source": preset.source,
+        },
+        "pipeline": {
+            "opset": opts.opset,
+            "nodes_exported": len(exported.graph.node),
+            "nodes_final": len(folded.graph.node),
+            "bn_folded": report.folded,
+            "bn_as_affine": report.affine,
+            "stage_seconds": dict(timings),
+        },
+        "tuning": {"records": None},
+        "versions": {
+            "edgecompile": edgecompile.__version__, "tvm": tvm_backend.version(),
+            "onnx": onnx.__version__, "torch": torch.__version__, "numpy": np.__version__,
+        },
+    }

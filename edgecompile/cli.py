@@ -1,0 +1,120 @@
+"""The `edgecompile` command: parses, calls the library, turns EdgeCompileError into one line.
+
+No logic lives here; each subcommand maps its flags onto a library call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecompile.errors import EdgeCompileError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from edgecompile import listing
+
+    rows = listing.model_rows(args.family)
+    print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgecompile import listing
+
+    rows = listing.target_rows()
+    print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edgecompile.build import BuildOptions, build
+
+    artifact = build(BuildOptions(
+        model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
+        weights=args.weights, num_classes=args.num_classes, seed=args.seed,
+    ))
+    print(artifact.path)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from edgecompile.verify import verify
+
+    result = verify(args.artifact, samples=args.samples)
+    if args.format == "json":
+        print(json.dumps({"artifact": str(result.artifact), "ok": result.ok, "where": result.where,
+                          "onnx": vars(result.onnx) | {"ok": result.onnx.ok},
+                          "tvm": vars(result.tvm) | {"ok": result.tvm.ok}}))
+    else:
+        print(f"ONNX Runtime vs PyTorch: {result.onnx}")
+        print(f"TVM ({result.where}) vs PyTorch: {result.tvm}")
+        print("OK" if result.ok else "FAILED: beyond tolerance")
+    return 0 if result.ok else 1
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from edgecompile import listing
+    from edgecompile.artifact import Artifact
+
+    a = Artifact.load(args.artifact)
+    print(json.dumps(a.manifest, indent=2) if args.format == "json" else listing.describe(a))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgecompile",
+        description="Compile lightweight CNNs from PyTorch to TVM artifacts for edge devices.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = {"choices": ["table", "json"], "default": "table"}
+
+    s = sub.add_parser("list", help="every registered model variant")
+    s.add_argument("--family", help="only this family")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_list)
+
+    s = sub.add_parser("targets", help="every target preset")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_targets)
+
+    s = sub.add_parser("build", help="PyTorch -> ONNX -> simplify -> fold BN -> TVM artifact")
+    s.add_argument("model", help="a model name from `edgecompile list`")
+    s.add_argument("--target", required=True, help="a preset from `edgecompile targets`, or a .toml")
+    s.add_argument("-o", "--output", type=Path, default=Path("build"), help="default: ./build")
+    s.add_argument("--input-size", type=int, help="square input resolution (default: the variant's)")
+    s.add_argument("--weights", type=Path, help="checkpoint (torchvision / timm / official layouts)")
+    s.add_argument("--num-classes", type=int, help="classifier size (default: the variant's)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the parity init when no --weights")
+    s.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser("verify", help="run an artifact against its PyTorch model")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--samples", type=int, default=4, help="random inputs to compare (default 4)")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("info", help="show an artifact's manifest")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeCompileError as e:
+        print(f"edgecompile: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgecompile: interrupted (nothing partial was written)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

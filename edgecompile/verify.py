@@ -1,0 +1,58 @@
+"""`edgecompile verify`: run an artifact against the PyTorch model it was built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecompile import numerics, ort, tvm_backend
+from edgecompile.artifact import Artifact
+from edgecompile.build import ModelSpec
+from edgecompile.errors import EdgeCompileError
+
+DEFAULT_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    artifact: Path
+    onnx: numerics.Comparison  # ONNX Runtime on model.onnx vs PyTorch
+    tvm: numerics.Comparison  # the compiled library vs PyTorch
+    where: str  # where the library ran
+
+    @property
+    def ok(self) -> bool:
+        return self.onnx.ok and self.tvm.ok
+
+
+def runs_on_this_host(a: Artifact) -> bool:
+    # A preset without a cross compiler targets this host; a CPU artifact then loads here.
+    return a.manifest["target"]["cross_compiler"] is None and a.manifest["target"]["device"] == "cpu"
+
+
+def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234) -> VerifyResult:
+    a = Artifact.load(path)
+    bad = a.hash_mismatches()
+    if bad:
+        raise EdgeCompileError(f"{path}: files differ from the manifest's sha256: {', '.join(bad)}")
+    if not runs_on_this_host(a):
+        raise EdgeCompileError(
+            f"{path}: built for '{a.manifest['target']['preset']}', which this host cannot run"
+        )
+    spec = ModelSpec(**a.manifest["spec"])
+    x = numerics.parity_inputs(samples, spec.input_shape[1:], seed)
+    with torch.no_grad():
+        model = spec.create()
+        reference = np.concatenate([model(torch.from_numpy(xi[None])).numpy() for xi in x])
+    from_onnx = ort.run_onnx(str(a.onnx), x)
+    lib = tvm_backend.load_local(a.library, a.manifest["target"]["device"], a.manifest["input"]["name"])
+    from_tvm = np.concatenate([lib.run(xi[None]) for xi in x])
+    return VerifyResult(
+        artifact=a.path,
+        onnx=numerics.compare(reference, from_onnx),
+        tvm=numerics.compare(reference, from_tvm),
+        where="this host",
+    )
