@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up everything edgecompile needs on a fresh Debian/Ubuntu machine, then build and verify
+# the default model for this host. Idempotent: a second run installs nothing new.
+#
+#   bash scripts/setup.sh            # install + build/verify the default model
+#   bash scripts/setup.sh --no-demo  # install only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEMO_MODEL=${EDGECOMPILE_DEMO_MODEL:-fasternet_t0}
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=(
+  g++-aarch64-linux-gnu   # cross compiler for the arm64 presets' .so
+  gcc-aarch64-linux-gnu
+)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages: ${APT_PACKAGES[*]}"
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "all present"
+fi
+
+step "Python packages (pinned by constraints.txt)"
+# torch first and exactly: if anything resolved it unpinned, pip would fetch a CUDA build.
+"$PYTHON" -m pip install -q -c constraints.txt torch==2.13.0
+"$PYTHON" -m pip install -q -c constraints.txt -e ".[dev]"
+"$PYTHON" -m edgecompile --help >/dev/null
+
+if [ "${1:-}" = "--no-demo" ]; then
+  exit 0
+fi
+
+step "build and verify the default model for this host: $DEMO_MODEL"
+artifact=$("$PYTHON" -m edgecompile build "$DEMO_MODEL" --target x86 -o build)
+"$PYTHON" -m edgecompile verify "$artifact"
+"$PYTHON" -m edgecompile info "$artifact"
