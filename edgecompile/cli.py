@@ -40,10 +40,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace):
+    from edgecompile.device import DeviceSpec
+
+    return DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout)
+
+
+def _add_device_flags(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("device (default: this host)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="a tvm.exec.rpc_server")
+    g.add_argument("--tracker", metavar="HOST:PORT", help="a tvm.exec.rpc_tracker (with --key)")
+    g.add_argument("--key", help="device key registered with the tracker")
+    g.add_argument("--timeout", type=float, default=30.0, help="connect timeout, s (default 30)")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from edgecompile.verify import verify
 
-    result = verify(args.artifact, samples=args.samples)
+    result = verify(args.artifact, samples=args.samples, device=_device(args))
     if args.format == "json":
         print(json.dumps({"artifact": str(result.artifact), "ok": result.ok, "where": result.where,
                           "onnx": vars(result.onnx) | {"ok": result.onnx.ok},
@@ -95,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("artifact", type=Path)
     s.add_argument("--samples", type=int, default=4, help="random inputs to compare (default 4)")
     s.add_argument("--format", **fmt)
+    _add_device_flags(s)
     s.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("info", help="show an artifact's manifest")

@@ -72,7 +72,7 @@ def describe(a: Artifact) -> str:
         f"pipeline   opset {pl['opset']}, {pl['nodes_exported']} -> {pl['nodes_final']} nodes, "
         f"{pl['bn_folded']} BN folded, {pl['bn_as_affine']} BN as Mul+Add",
         f"tuning     {m['tuning']['records'] or 'none (default schedules)'}",
-        f"versions   " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "versions   " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "files",
         *(f"  {n:<12} {f['bytes']:>12,} bytes  sha256 {f['sha256']}" for n, f in m["files"].items()),
     ]

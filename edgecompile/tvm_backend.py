@@ -108,9 +108,77 @@ class LoadedModel:
         return out.numpy()
 
 
+def _device(tvm_or_session, device: str):
+    # The tvm module names OpenCL devices `opencl`, an RPC session names them `cl`.
+    names = {"cpu": ("cpu",), "opencl": ("opencl", "cl"), "cuda": ("cuda",)}[device]
+    attr = next(n for n in names if hasattr(tvm_or_session, n))
+    return getattr(tvm_or_session, attr)(0)
+
+
+def open_session(spec):
+    """An RPC session for a DeviceSpec: a direct server, or a device leased from a tracker."""
+    from tvm import rpc
+
+    from edgecompile.device import check_reachable, parse_hostport
+
+    if spec.rpc:
+        check_reachable(spec.rpc, "RPC server", spec.timeout_s)
+        host, port = parse_hostport(spec.rpc, "--rpc")
+        try:
+            return rpc.connect(host, port, session_timeout=0)
+        except Exception as e:
+            raise EdgeCompileError(
+                f"RPC server {spec.rpc} refused the session: {_first_line(e)}"
+            ) from None
+    check_reachable(spec.tracker, "tracker", spec.timeout_s)
+    host, port = parse_hostport(spec.tracker, "--tracker")
+    tracker = rpc.connect_tracker(host, port)
+    keys = tracker_keys(tracker)
+    if spec.key not in keys:
+        # TVM's request() would wait forever for a device that never registers.
+        known = ", ".join(sorted(keys)) or "none"
+        raise EdgeCompileError(
+            f"no device registered under key '{spec.key}' at tracker {spec.tracker} "
+            f"(keys there: {known})"
+        )
+    try:
+        return tracker.request(spec.key, priority=1, session_timeout=0, max_retry=3)
+    except Exception as e:
+        raise EdgeCompileError(
+            f"tracker {spec.tracker} gave no device for key '{spec.key}': {_first_line(e)}"
+        ) from None
+
+
+def tracker_keys(tracker) -> dict[str, int]:
+    """key -> number of servers registered under it (free or busy)."""
+    summary = tracker.summary()
+    counts: dict[str, int] = {}
+    for info in summary.get("server_info", []):
+        key = str(info.get("key", "")).removeprefix("server:")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(e).__name__)[:300]
+
+
+def load_remote(session, lib_path: Path, device: str, input_name: str) -> LoadedModel:
+    """Upload the library to the device, load it there, and wrap it in a VM."""
+    try:
+        session.upload(str(lib_path))
+        lib = session.load_module(Path(lib_path).name)
+        return LoadedModel(lib, _device(session, device), input_name, session=session)
+    except EdgeCompileError:
+        raise
+    except Exception as e:
+        raise EdgeCompileError(f"the device could not load {Path(lib_path).name}: {_first_line(e)}") from None
+
+
 def load_local(lib_path: Path, device: str, input_name: str) -> LoadedModel:
     tvm = _tvm()
-    dev = {"cpu": tvm.cpu, "opencl": tvm.opencl, "cuda": tvm.cuda}[device](0)
+    dev = _device(tvm, device)
     if not dev.exist:
         raise EdgeCompileError(f"no {device} device on this host")
     lib = tvm.runtime.load_module(str(lib_path))

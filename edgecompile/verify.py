@@ -11,6 +11,7 @@ import torch
 from edgecompile import numerics, ort, tvm_backend
 from edgecompile.artifact import Artifact
 from edgecompile.build import ModelSpec
+from edgecompile.device import DeviceSpec
 from edgecompile.errors import EdgeCompileError
 
 DEFAULT_SAMPLES = 4
@@ -33,26 +34,37 @@ def runs_on_this_host(a: Artifact) -> bool:
     return a.manifest["target"]["cross_compiler"] is None and a.manifest["target"]["device"] == "cpu"
 
 
-def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234) -> VerifyResult:
+def load_artifact_model(a: Artifact, device: DeviceSpec) -> tvm_backend.LoadedModel:
+    """The artifact's library loaded on its device: here, or uploaded over RPC."""
+    kind, name = a.manifest["target"]["device"], a.manifest["input"]["name"]
+    if device.is_local:
+        if not runs_on_this_host(a):
+            raise EdgeCompileError(
+                f"{a.path}: built for '{a.manifest['target']['preset']}', which this host "
+                "cannot run; give the device with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
+            )
+        return tvm_backend.load_local(a.library, kind, name)
+    return tvm_backend.load_remote(tvm_backend.open_session(device), a.library, kind, name)
+
+
+def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234,
+           device: DeviceSpec | None = None) -> VerifyResult:
+    device = device or DeviceSpec()
     a = Artifact.load(path)
     bad = a.hash_mismatches()
     if bad:
         raise EdgeCompileError(f"{path}: files differ from the manifest's sha256: {', '.join(bad)}")
-    if not runs_on_this_host(a):
-        raise EdgeCompileError(
-            f"{path}: built for '{a.manifest['target']['preset']}', which this host cannot run"
-        )
+    lib = load_artifact_model(a, device)
     spec = ModelSpec(**a.manifest["spec"])
     x = numerics.parity_inputs(samples, spec.input_shape[1:], seed)
     with torch.no_grad():
         model = spec.create()
         reference = np.concatenate([model(torch.from_numpy(xi[None])).numpy() for xi in x])
     from_onnx = ort.run_onnx(str(a.onnx), x)
-    lib = tvm_backend.load_local(a.library, a.manifest["target"]["device"], a.manifest["input"]["name"])
     from_tvm = np.concatenate([lib.run(xi[None]) for xi in x])
     return VerifyResult(
         artifact=a.path,
         onnx=numerics.compare(reference, from_onnx),
         tvm=numerics.compare(reference, from_tvm),
-        where="this host",
+        where=device.describe(),
     )

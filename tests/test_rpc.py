@@ -1,0 +1,79 @@
+"""verify over real TVM RPC: a native server on loopback, direct and through a tracker."""
+
+import subprocess
+import sys
+
+import pytest
+
+from edgecompile.build import BuildOptions, build
+from edgecompile.device import DeviceSpec
+from edgecompile.errors import EdgeCompileError, UsageError
+from edgecompile.rpc_services import free_port, start_native_server, start_tracker
+from edgecompile.verify import verify
+
+pytestmark = [pytest.mark.rpc, pytest.mark.tvm]
+
+
+@pytest.fixture(scope="module")
+def x86_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("art")
+    return build(BuildOptions("shufflenet_v2_x0_5", "x86", output_dir=out, input_size=64),
+                 quiet=True)
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    with start_tracker(logs) as tracker, \
+            start_native_server(logs, tracker=tracker.address, key="x86") as server:
+        yield tracker, server
+
+
+def test_verify_through_a_tracker_key(x86_artifact, farm):
+    tracker, _ = farm
+    r = verify(x86_artifact.path, device=DeviceSpec(tracker=tracker.address, key="x86"))
+    assert r.ok and "tracker" in r.where, (r.onnx, r.tvm)
+
+
+def test_verify_on_a_direct_server(x86_artifact, tmp_path):
+    with start_native_server(tmp_path) as server:
+        r = verify(x86_artifact.path, device=DeviceSpec(rpc=server.address))
+    assert r.ok and server.address in r.where
+
+
+def test_wrong_key_lists_the_keys_there(x86_artifact, farm):
+    tracker, _ = farm
+    with pytest.raises(EdgeCompileError, match="no device registered under key 'rpi4'.*x86"):
+        verify(x86_artifact.path, device=DeviceSpec(tracker=tracker.address, key="rpi4"))
+
+
+@pytest.mark.parametrize("spec", [
+    DeviceSpec(rpc=f"127.0.0.1:{free_port()}"),
+    DeviceSpec(tracker=f"127.0.0.1:{free_port()}", key="x86"),
+])
+def test_nothing_listening_fails_fast_in_one_line(x86_artifact, spec):
+    with pytest.raises(EdgeCompileError, match="cannot reach .* Connection refused"):
+        verify(x86_artifact.path, device=spec)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tracker": "127.0.0.1:9190"}, "needs --key"),
+    ({"key": "x86"}, "goes with --tracker"),
+    ({"rpc": "localhost"}, "expected HOST:PORT"),
+    ({"rpc": "a:1", "tracker": "b:2", "key": "k"}, "not both"),
+])
+def test_bad_device_flags(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        DeviceSpec(**kwargs)
+
+
+def test_cli_verify_over_rpc_and_connection_error(x86_artifact, farm):
+    tracker, _ = farm
+    cmd = [sys.executable, "-m", "edgecompile", "verify", str(x86_artifact.path)]
+    r = subprocess.run(cmd + ["--tracker", tracker.address, "--key", "x86"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    r = subprocess.run(cmd + ["--rpc", f"127.0.0.1:{free_port()}"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "cannot reach RPC server" in r.stderr
