@@ -222,7 +222,9 @@ _META = dict(family="mobilenext", paper=_PAPER, remap_state_dict=remap_state_dic
 # 0.5 the paper's 110M is 6.1% above the code's 103.3M, so the code's count is registered.
 
 
-@register_model(params=3_535_416, params_exact=True, macs=300_000_000, top1=74.02, weights=_WEIGHTS_100, **_META)
+@register_model(
+    params=3_535_416, params_exact=True, macs=300_000_000, top1=74.02, weights=_WEIGHTS_100, **_META
+)
 def mobilenext_100(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     return _create_mobilenext(num_classes, 1.0, **kwargs)
 
@@ -232,11 +234,15 @@ def mobilenext_140(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     return _create_mobilenext(num_classes, 1.4, **kwargs)
 
 
-@register_model(params=2_766_168, params_exact=True, macs=210_000_000, top1=72.0, weights=_WEIGHTS_NONE, **_META)
+@register_model(
+    params=2_766_168, params_exact=True, macs=210_000_000, top1=72.0, weights=_WEIGHTS_NONE, **_META
+)
 def mobilenext_075(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     return _create_mobilenext(num_classes, 0.75, **kwargs)
 
 
-@register_model(params=2_152_304, params_exact=True, macs=103_300_000, top1=67.7, weights=_WEIGHTS_NONE, **_META)
+@register_model(
+    params=2_152_304, params_exact=True, macs=103_300_000, top1=67.7, weights=_WEIGHTS_NONE, **_META
+)
 def mobilenext_050(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     return _create_mobilenext(num_classes, 0.5, **kwargs)

@@ -12,12 +12,12 @@ import io
 
 import pytest
 import torch
-from edgecompile.models import create_model, get_model_info, list_models
-from edgecompile.models.fasternet import PartialConv3
-from edgecompile.models.mobilenext import SandGlass
 from torch import nn
 
 from edgecompile.flops import count_params
+from edgecompile.models import create_model, get_model_info, list_models
+from edgecompile.models.fasternet import PartialConv3
+from edgecompile.models.mobilenext import SandGlass
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:

@@ -11,11 +11,11 @@ import io
 
 import pytest
 import torch
-from edgecompile.models import create_model, get_model_info, list_models
-from edgecompile.models.mobilenet_v2 import InvertedResidual
 from torch import nn
 
 from edgecompile.flops import count_params
+from edgecompile.models import create_model, get_model_info, list_models
+from edgecompile.models.mobilenet_v2 import InvertedResidual
 
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2")
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from edgecompile import flops
-from edgecompile.numerics import parity_inputs
 from edgecompile.models import create_model, get_model_info, list_families, list_models
+from edgecompile.numerics import parity_inputs
 from edgecompile.weights import init_for_parity
 
 ALL = list_models()

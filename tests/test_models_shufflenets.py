@@ -12,12 +12,12 @@ import io
 
 import pytest
 import torch
-from edgecompile.models import create_model, get_model_info, list_models
-from edgecompile.models.shufflenet_v1 import channel_shuffle_v1
-from edgecompile.models.shufflenet_v2 import channel_shuffle
 from torch import nn
 
 from edgecompile.flops import count_params
+from edgecompile.models import create_model, get_model_info, list_models
+from edgecompile.models.shufflenet_v1 import channel_shuffle_v1
+from edgecompile.models.shufflenet_v2 import channel_shuffle
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
