@@ -38,7 +38,7 @@ class Artifact:
 
     @property
     def library(self) -> Path:
-        return self.path / LIBRARY
+        return self.path / self.manifest.get("library", LIBRARY)
 
     @property
     def onnx(self) -> Path:

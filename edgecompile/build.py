@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class BuildOptions:
     num_classes: int | None = None  # None: the variant's own
     seed: int = 0
     opset: int = DEFAULT_OPSET
+    # GPU presets: compile the host side for this machine instead of the board, so the
+    # preset's GPU kernels run here (e.g. on pocl) for testing.
+    native_host: bool = False
+    library_format: str = "so"  # "so": linked library; "tar": objects, linked elsewhere
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,28 @@ class ModelSpec:
         return (1, 3, self.input_size, self.input_size)
 
 
+LIBRARY_FORMATS = ("so", "tar")
+
+
+def effective_preset(opts: BuildOptions) -> TargetPreset:
+    preset = get_target(opts.target)
+    if opts.library_format not in LIBRARY_FORMATS:
+        raise UsageError(f"--library-format must be one of {', '.join(LIBRARY_FORMATS)}")
+    if not opts.native_host:
+        tvm_backend.check_linker(preset.cross_compiler, opts.library_format)
+        return preset
+    if preset.device == "cpu":
+        raise UsageError(f"--native-host is for GPU presets; '{preset.name}' is a CPU target")
+    return dataclasses.replace(preset, host={"kind": "llvm", "mcpu": "native"}, cross_compiler=None)
+
+
 def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
     info = get_model_info(opts.model)  # unknown names fail here, before any work
-    preset = get_target(opts.target)
+    preset = effective_preset(opts)
     spec = ModelSpec.from_options(opts, info)
-    final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}"
+    suffix = "-native-host" if opts.native_host else ""
+    final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}{suffix}"
+    library = f"model.{opts.library_format}"
     progress = StageProgress(total=5, quiet=quiet)
     progress.note(f"{info.name} ({info.family}) -> {preset.name}: {preset.description}")
     progress.note(f"input {spec.input_shape}, weights {spec.weights['source']}, out {final_dir}")
@@ -102,10 +124,12 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
     with art.atomic_directory(final_dir) as tmp:
         onnx.save(folded, tmp / art.ONNX_FILE)
         with progress.stage("compile", f"TVM {tvm_backend.version()} for {preset.target['kind']}"):
-            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / art.LIBRARY)
-        manifest = _manifest(info, spec, preset, lib.target, exported, folded, report, model,
+            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / library)
+        if lib.kernels:
+            progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
+        manifest = _manifest(info, spec, preset, lib, exported, folded, report, model,
                              opts, progress.timings)
-        manifest["files"] = art.describe_files(tmp, [art.LIBRARY, art.ONNX_FILE])
+        manifest["files"] = art.describe_files(tmp, [library, art.ONNX_FILE])
         art.write_json(tmp / art.MANIFEST, manifest)
     return art.Artifact.load(final_dir)
 
@@ -117,10 +141,11 @@ def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, shape, what: st
         raise EdgeCompileError(f"{what} changed the outputs: {cmp}")
 
 
-def _manifest(info, spec: ModelSpec, preset: TargetPreset, target: dict, exported, folded,
+def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded,
               report, model: nn.Module, opts: BuildOptions, timings) -> dict[str, Any]:
     return {
         "schema": art.SCHEMA_VERSION,
+        "library": lib.path.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": info.to_dict() | {
             "params_counted": flops.count_params(model),
@@ -134,7 +159,8 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, target: dict, exporte
         },
         "output": {"name": OUTPUT_NAME, "shape": [1, spec.num_classes], "dtype": "float32"},
         "target": {
-            "preset": preset.name, "device": preset.device, "tvm_target": target,
+            "preset": preset.name, "device": preset.device, "tvm_target": lib.target,
+            "native_host": opts.native_host, "kernels": lib.kernels or None,
             "cross_compiler": preset.cross_compiler, "device_core": preset.device_core,
             "rpc_key": preset.rpc_key, "threads": preset.threads, "preset_source": preset.source,
         },

@@ -35,6 +35,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     artifact = build(BuildOptions(
         model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
         weights=args.weights, num_classes=args.num_classes, seed=args.seed,
+        native_host=args.native_host, library_format=args.library_format,
     ))
     print(artifact.path)
     return 0
@@ -103,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=Path, help="checkpoint (torchvision / timm / official layouts)")
     s.add_argument("--num-classes", type=int, help="classifier size (default: the variant's)")
     s.add_argument("--seed", type=int, default=0, help="seed of the parity init when no --weights")
+    s.add_argument("--library-format", choices=["so", "tar"], default="so",
+                   help="so: linked library (default); tar: object files to link on another machine")
+    s.add_argument("--native-host", action="store_true",
+                   help="GPU presets: host code for this machine, to run the kernels here (e.g. pocl)")
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("verify", help="run an artifact against its PyTorch model")

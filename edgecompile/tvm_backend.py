@@ -8,6 +8,8 @@ absorbed in one place. Nothing outside this file imports ``tvm``.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -69,24 +71,93 @@ def import_onnx(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...])
         raise EdgeCompileError(f"TVM could not import the ONNX graph: {str(e).splitlines()[0]}") from e
 
 
-def compile_module(mod, target):
-    """Relax module -> executable, with the default pipeline (legalize, fuse, schedule)."""
+def compile_module(mod, target, pipeline: str = "default"):
+    """Relax module -> executable. The "default" pipeline legalises, fuses and, for GPU
+    targets, applies dlight's GPU schedules (thread binding) to every kernel."""
     tvm = _tvm()
-    return tvm.compile(mod, target=target)
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
-def export_library(executable, path: Path, cross_compiler: str | None = None) -> None:
-    """Write the executable as a shared library, cross-compiling where the target needs it."""
-    tvm = _tvm()
-    if cross_compiler is None:
-        executable.export_library(str(path))
+NDK = "ndk"  # the cross_compiler value that means TVM's Android NDK linker
+
+
+def check_linker(cross_compiler: str | None, library_format: str) -> None:
+    """Fail before any work when the library cannot be linked on this machine."""
+    if cross_compiler is None or library_format == "tar":
         return
-    if shutil.which(cross_compiler) is None:
+    if cross_compiler == NDK:
+        if "TVM_NDK_CC" not in os.environ:
+            raise EdgeCompileError(
+                "this target links with the Android NDK, and none is configured: set TVM_NDK_CC "
+                "to the NDK's clang++ (e.g. $ANDROID_NDK_HOME/toolchains/llvm/prebuilt/"
+                "linux-x86_64/bin/aarch64-linux-android28-clang++), or build with "
+                "--library-format tar and link the objects where the NDK is installed"
+            )
+    elif shutil.which(cross_compiler) is None:
         raise EdgeCompileError(
             f"cross compiler '{cross_compiler}' not found on PATH "
             "(Debian: apt-get install g++-aarch64-linux-gnu; the setup script installs it)"
         )
-    executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler))
+
+
+def export_library(executable, path: Path, cross_compiler: str | None = None) -> None:
+    """Write the executable as a shared library (.so), cross-compiling where the target needs
+    it, or as a .tar of object files that needs no linker here."""
+    tvm = _tvm()
+    fmt = Path(path).suffix.lstrip(".")
+    check_linker(cross_compiler, fmt)
+    if cross_compiler is None or fmt == "tar":
+        executable.export_library(str(path))
+    elif cross_compiler == NDK:
+        executable.export_library(str(path), fcompile=tvm.support.ndk.create_shared)
+    else:
+        executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler))
+
+
+def device_kernels(executable, device: str) -> dict[str, Any]:
+    """Which compute functions became device kernels, and which stayed on the host.
+
+    TVM 0.27 silently leaves a PrimFunc as host code when no GPU schedule applies to it, so a
+    GPU artifact can "work" while running on the CPU. Every host-side function `f` is a
+    launcher (``__tvm_ffi_f``) that must have a kernel ``f_kernel*`` in the device module.
+    """
+    if device == "cpu":
+        return {}
+    host = executable.mod.imports[0]
+    dev_mods = [m for m in _walk(host) if m.kind == device]
+    source = "".join(m.inspect_source() for m in dev_mods)
+    # OpenCL C kernels are `__kernel void name(`, CUDA C kernels `__global__ void name(`.
+    kernels = sorted(set(re.findall(r"(?:__kernel|__global__) void (\w+)\(", source)))
+    launchers = sorted(set(re.findall(r"define [^@]*@__tvm_ffi_(\w+)\(", host.inspect_source("ll"))))
+    on_host = [f for f in launchers if not any(k.startswith(f"{f}_kernel") for k in kernels)]
+    return {"module": device, "kernels": len(kernels), "functions": len(launchers),
+            "on_host": on_host, "source_bytes": len(source)}
+
+
+def _walk(mod):
+    yield mod
+    for m in mod.imports:
+        yield from _walk(m)
+
+
+def can_run_here(target: dict[str, Any]) -> bool:
+    """Whether code for this (CPU) target runs on this machine: same architecture, and every
+    instruction-set extension it may use is present here."""
+    tvm = _tvm()
+    if target.get("kind") != "llvm":
+        return False
+    triple = target.get("mtriple", "")
+    if triple and not triple.startswith("x86_64"):
+        return False
+    from tvm.target import codegen
+
+    def isa(t: dict[str, Any]) -> set[str]:
+        feats = {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(t))}
+        # tuning flags (e.g. 'false-deps-popcnt') are not instructions
+        return {f for f in feats if re.match(r"(avx|sse|fma|f16c|amx|bmi|vaes|vpclmul|gfni)", f)}
+
+    here = {"kind": "llvm", "mcpu": host_cpu()}
+    return isa(resolve_target(target)) <= isa(here)
 
 
 class LoadedModel:

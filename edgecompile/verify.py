@@ -30,8 +30,11 @@ class VerifyResult:
 
 
 def runs_on_this_host(a: Artifact) -> bool:
-    # A preset without a cross compiler targets this host; a CPU artifact then loads here.
-    return a.manifest["target"]["cross_compiler"] is None and a.manifest["target"]["device"] == "cpu"
+    """A linked library whose (host) code this CPU can execute; whether a GPU device exists
+    here is the loader's question."""
+    t = a.manifest["target"]
+    host_code = t["tvm_target"].get("host", t["tvm_target"])
+    return a.library.suffix == ".so" and tvm_backend.can_run_here(host_code)
 
 
 def load_artifact_model(a: Artifact, device: DeviceSpec) -> tvm_backend.LoadedModel:

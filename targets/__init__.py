@@ -35,7 +35,8 @@ class TargetPreset:
     target: dict[str, Any]  # TVM target, dict form
     device: str = "cpu"  # which TVM device the artifact runs on
     host: dict[str, Any] | None = None  # TVM host target for GPU presets
-    cross_compiler: str | None = None  # None: this host's compiler
+    # None: this host's compiler; "ndk": the Android NDK's clang from $TVM_NDK_CC
+    cross_compiler: str | None = None
     device_core: str | None = None  # qemu -cpu for the emulated device
     rpc_key: str = ""
     threads: int | None = None  # None: the runtime's default

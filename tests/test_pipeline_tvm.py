@@ -119,19 +119,30 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     assert not (tmp_path / "squeezenet1_1-x86").exists()
 
 
-def test_failed_build_keeps_the_existing_artifact(tmp_path, monkeypatch):
+def test_interrupted_build_keeps_the_existing_artifact(tmp_path, monkeypatch):
     good = build(BuildOptions("squeezenet1_1", "x86", output_dir=tmp_path, input_size=SWEEP_SIZE),
                  quiet=True)
     before = good.manifest["files"]
-    # Same preset name, but a cross compiler that does not exist: compile fails late.
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "x86.toml").write_text('description = "broken"\ncross_compiler = "no-such-g++"\n'
-                                      '[target]\nkind = "llvm"\n')
-    monkeypatch.setenv("EDGECOMPILE_TARGETS", str(presets))
-    with pytest.raises(EdgeCompileError, match="no-such-g\\+\\+"):
+
+    def dies_half_way(executable, path, cross_compiler=None):
+        path.write_bytes(b"half a library")
+        raise KeyboardInterrupt  # Ctrl-C while the library is being written
+
+    monkeypatch.setattr("edgecompile.stages.compile.tvm_backend.export_library", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
         build(BuildOptions("squeezenet1_1", "x86", output_dir=tmp_path, input_size=SWEEP_SIZE),
               quiet=True)
     after = Artifact.load(good.path)
     assert after.manifest["files"] == before and after.hash_mismatches() == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["presets", "squeezenet1_1-x86"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["squeezenet1_1-x86"]  # no temp left
+
+
+def test_missing_cross_compiler_fails_before_any_work(tmp_path, monkeypatch):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "board.toml").write_text('description = "b"\ncross_compiler = "no-such-g++"\n'
+                                        '[target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n')
+    monkeypatch.setenv("EDGECOMPILE_TARGETS", str(presets))
+    with pytest.raises(EdgeCompileError, match="no-such-g\\+\\+.*not found"):
+        build(BuildOptions("squeezenet1_1", "board", output_dir=tmp_path / "out"), quiet=True)
+    assert not (tmp_path / "out").exists()

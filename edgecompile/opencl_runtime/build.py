@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 LIB_NAME = "libtvm_runtime_opencl.so"
@@ -49,17 +50,11 @@ def include_dirs() -> list[Path]:
     return dirs
 
 
-def compile_command(
-    out: Path,
-    cxx: str = "g++",
-    sysroot: str | None = None,
-    extra_flags: Sequence[str] = (),
-) -> list[str]:
+def _base_flags(cxx: str, sysroot: str | None) -> list[str]:
     cmd = shlex.split(cxx) + [
         "-std=c++17",
         "-O2",
         "-fPIC",
-        "-shared",
         "-fvisibility=hidden",
         "-Wall",
         "-Wno-unused-function",
@@ -67,13 +62,27 @@ def compile_command(
     ]
     if sysroot:
         cmd.append(f"--sysroot={sysroot}")
-    for d in include_dirs():
-        cmd += ["-I", str(d)]
-    cmd += [str(SRC_DIR / s) for s in SOURCES]
-    # libdl is part of libc on glibc >= 2.34; naming it keeps older boards working.
-    cmd += ["-o", str(out), "-ldl", "-lpthread"]
-    cmd += list(extra_flags)
     return cmd
+
+
+def compile_commands(
+    out: Path,
+    cxx: str = "g++",
+    sysroot: str | None = None,
+    extra_flags: Sequence[str] = (),
+) -> tuple[list[list[str]], list[str]]:
+    """(one compile command per source, the link command) producing ``out``."""
+    base = _base_flags(cxx, sysroot)
+    incs = [a for d in include_dirs() for a in ("-I", str(d))]
+    objs = [out.parent / f".{out.name}.{Path(s).stem}.o" for s in SOURCES]
+    compiles = [
+        base + incs + list(extra_flags) + ["-c", str(SRC_DIR / s), "-o", str(o)]
+        for s, o in zip(SOURCES, objs, strict=True)
+    ]
+    # libdl is part of libc on glibc >= 2.34; naming it keeps older boards working.
+    link = base + ["-shared"] + [str(o) for o in objs] + list(extra_flags)
+    link += ["-o", str(out), "-ldl", "-lpthread"]
+    return compiles, link
 
 
 def source_digest(cxx: str = "g++", extra_flags: Sequence[str] = ()) -> str:
@@ -105,19 +114,32 @@ def build(
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / LIB_NAME
     tmp = out_dir / f".{LIB_NAME}.{os.getpid()}.tmp"
-    cmd = compile_command(tmp, cxx=cxx, sysroot=sysroot, extra_flags=extra_flags)
-    if verbose:
-        print(" ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    compiles, link = compile_commands(tmp, cxx=cxx, sysroot=sysroot, extra_flags=extra_flags)
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess:
+        if verbose:
+            print(" ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    objs = [Path(c[-1]) for c in compiles]
+    try:
+        with ThreadPoolExecutor(max_workers=len(compiles)) as pool:
+            failed = [p for p in pool.map(run, compiles) if p.returncode != 0]
+        if not failed:
+            failed = [p for p in [run(link)] if p.returncode != 0]
+        if failed:
+            p = failed[0]
+            raise RuntimeError(
+                f"building {LIB_NAME} failed ({p.returncode}):\n"
+                + " ".join(shlex.quote(str(c)) for c in p.args)
+                + "\n"
+                + p.stderr[-8000:]
+            )
+        os.replace(tmp, out)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"building {LIB_NAME} failed ({proc.returncode}):\n"
-            + " ".join(shlex.quote(c) for c in cmd)
-            + "\n"
-            + proc.stderr[-8000:]
-        )
-    os.replace(tmp, out)
+        for o in objs:
+            o.unlink(missing_ok=True)
     return out
 
 
@@ -129,13 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--cxx", default="g++", help="C++ compiler (e.g. aarch64-linux-gnu-g++)")
     ap.add_argument("--sysroot", default=None, help="--sysroot for a cross compiler")
-    ap.add_argument(
-        "--extra-flag", action="append", default=[], help="extra compiler flag (repeatable)"
-    )
+    ap.add_argument("--extra-flag", action="append", default=[], help="extra compiler flag (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     path = build(
-        args.out, cxx=args.cxx, sysroot=args.sysroot, extra_flags=args.extra_flag,
+        args.out,
+        cxx=args.cxx,
+        sysroot=args.sysroot,
+        extra_flags=args.extra_flag,
         verbose=args.verbose,
     )
     print(path)

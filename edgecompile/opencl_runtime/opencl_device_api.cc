@@ -293,6 +293,9 @@ class OpenCLDeviceAPI final : public tvm::runtime::DeviceAPI {
 };
 
 TVM_FFI_STATIC_INIT_BLOCK() {
+  // Another OpenCL runtime (a TVM build with USE_OPENCL, or this plug-in from a second path)
+  // already registered: keep it, since registering a name twice would abort the dlopen.
+  if (tvm::ffi::Function::GetGlobal("device_api.opencl").has_value()) return;
   namespace refl = tvm::ffi::reflection;
   refl::GlobalDef()
       .def("device_api.opencl",

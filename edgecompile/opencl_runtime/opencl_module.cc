@@ -16,10 +16,12 @@
  *         launch_param_tags (uint64 n, n strings), arg_extra_tags (uint64 n, n x int32)
  *   code: bytes (the OpenCL C source, one "// Function: <name>" section per kernel)
  */
+#include <tvm/ffi/cast.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
+#include <tvm/ffi/dtype.h>
 #include <tvm/ffi/memory.h>
 #include <tvm/ffi/reflection/registry.h>
 #include <tvm/ffi/string.h>
@@ -171,7 +173,7 @@ class OpenCLModuleObj : public ffi::ModuleObj {
     }
   }
 
-  ~OpenCLModuleObj() override {
+  ~OpenCLModuleObj() {
     const CLApi& cl = API();
     if (!cl.loaded) return;
     for (auto& kv : kernels_) {
@@ -434,6 +436,8 @@ ffi::Optional<ffi::Function> OpenCLModuleObj::GetFunction(const ffi::String& nam
 }
 
 TVM_FFI_STATIC_INIT_BLOCK() {
+  // See opencl_device_api.cc: the first OpenCL runtime registered wins.
+  if (ffi::Function::GetGlobal("ffi.Module.load_from_bytes.opencl").has_value()) return;
   namespace refl = tvm::ffi::reflection;
   refl::GlobalDef()
       .def("ffi.Module.load_from_bytes.opencl",
@@ -449,9 +453,15 @@ TVM_FFI_STATIC_INIT_BLOCK() {
                KernelInfo k;
                k.key = kv.first;
                k.name = v->name;
-               for (const DLDataType& t : v->arg_types) k.arg_types.push_back(t);
-               for (const ffi::String& s : v->launch_param_tags) k.launch_param_tags.push_back(s);
-               for (ArgExtraTag e : v->arg_extra_tags) k.arg_extra_tags.push_back(int32_t(e));
+               for (size_t i = 0; i < v->arg_types.size(); ++i) {
+                 k.arg_types.push_back(v->arg_types[i]);
+               }
+               for (size_t i = 0; i < v->launch_param_tags.size(); ++i) {
+                 k.launch_param_tags.push_back(v->launch_param_tags[i]);
+               }
+               for (size_t i = 0; i < v->arg_extra_tags.size(); ++i) {
+                 k.arg_extra_tags.push_back(static_cast<int32_t>(v->arg_extra_tags[i]));
+               }
                infos.push_back(std::move(k));
              }
              return ffi::Module(ffi::make_object<OpenCLModuleObj>(

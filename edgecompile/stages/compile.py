@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 from edgecompile import tvm_backend
+from edgecompile.errors import EdgeCompileError
 from edgecompile.targets import TargetPreset
 
 
@@ -16,6 +17,7 @@ from edgecompile.targets import TargetPreset
 class CompiledLibrary:
     path: Path
     target: dict[str, Any]  # the full TVM target, as TVM canonicalised it (host included)
+    kernels: dict[str, Any]  # GPU targets: device-kernel report (see tvm_backend.device_kernels)
 
 
 def compile_onnx(
@@ -24,9 +26,27 @@ def compile_onnx(
     input_shape: tuple[int, ...],
     preset: TargetPreset,
     out_path: Path,
+    pipeline: str = "default",
 ) -> CompiledLibrary:
     target = tvm_backend.make_target(preset.target, preset.host)
     mod = tvm_backend.import_onnx(model, input_name, input_shape)
-    executable = tvm_backend.compile_module(mod, target)
+    executable = tvm_backend.compile_module(mod, target, pipeline)
+    kernels = tvm_backend.device_kernels(executable, preset.device)
+    if kernels and kernels["on_host"]:
+        raise EdgeCompileError(
+            f"{len(kernels['on_host'])} of {kernels['functions']} compute functions were not "
+            f"scheduled for {preset.device} and would silently run on the host CPU: "
+            + ", ".join(kernels["on_host"][:8])
+        )
     tvm_backend.export_library(executable, out_path, preset.cross_compiler)
-    return CompiledLibrary(out_path, tvm_backend.target_to_dict(target))
+    if kernels and out_path.suffix == ".so":
+        _check_source_embedded(out_path, kernels)
+    return CompiledLibrary(out_path, tvm_backend.target_to_dict(target), kernels)
+
+
+def _check_source_embedded(lib: Path, kernels: dict[str, Any]) -> None:
+    # The device code ships as source (OpenCL C) inside the library, compiled by the driver
+    # at load time: a library without it cannot run on the GPU.
+    marker = b"__kernel" if kernels["module"] == "opencl" else b"__global__"
+    if kernels["kernels"] and marker not in lib.read_bytes():
+        raise EdgeCompileError(f"{lib.name}: the {kernels['module']} source is not embedded")
