@@ -24,7 +24,7 @@ from edgecompile.stages.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ex
 from edgecompile.stages.fold_bn import count_ops, fold_batchnorm
 from edgecompile.stages.simplify import simplify_onnx
 from edgecompile.targets import TargetPreset, get_target
-from edgecompile.weights import file_sha256, init_for_parity, load_weights
+from edgecompile.weights import checkpoint_meta, file_sha256, init_for_parity, load_weights
 
 MIN_INPUT_SIZE = 32  # every family downsamples by 32
 FOLD_CHECK_INPUTS = 2
@@ -56,8 +56,9 @@ class ModelSpec:
     weights: dict[str, Any]  # {"source": "init", "seed": 0} or {"source": "file", ...}
 
     @classmethod
-    def from_options(cls, opts: BuildOptions, info: ModelInfo) -> ModelSpec:
-        size = opts.input_size or info.input_size
+    def from_options(cls, opts: BuildOptions, info: ModelInfo, meta: dict[str, Any]) -> ModelSpec:
+        """Explicit options win, then the checkpoint's own meta, then the variant's defaults."""
+        size = opts.input_size or meta.get("input_size") or info.input_size
         if size < MIN_INPUT_SIZE:
             raise UsageError(f"--input-size {size} is below the minimum of {MIN_INPUT_SIZE}")
         if opts.weights is None:
@@ -67,7 +68,8 @@ class ModelSpec:
             if not path.is_file():
                 raise UsageError(f"--weights {opts.weights}: no such file")
             weights = {"source": "file", "path": str(path), "sha256": file_sha256(path)}
-        return cls(info.name, size, opts.num_classes or info.num_classes, weights)
+        num_classes = opts.num_classes or meta.get("num_classes") or info.num_classes
+        return cls(info.name, size, num_classes, weights)
 
     def create(self) -> nn.Module:
         info = get_model_info(self.name)
@@ -102,7 +104,10 @@ def effective_preset(opts: BuildOptions) -> TargetPreset:
 def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
     info = get_model_info(opts.model)  # unknown names fail here, before any work
     preset = effective_preset(opts)
-    spec = ModelSpec.from_options(opts, info)
+    meta = checkpoint_meta(Path(opts.weights)) if opts.weights else {}
+    if meta.get("model", info.name) != info.name:
+        raise UsageError(f"--weights {opts.weights} is a checkpoint of {meta['model']}, not {info.name}")
+    spec = ModelSpec.from_options(opts, info, meta)
     suffix = "-native-host" if opts.native_host else ""
     final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}{suffix}"
     library = f"model.{opts.library_format}"
@@ -128,7 +133,7 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
         if lib.kernels:
             progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
         manifest = _manifest(info, spec, preset, lib, exported, folded, report, model,
-                             opts, progress.timings)
+                             opts, progress.timings, meta)
         manifest["files"] = art.describe_files(tmp, [library, art.ONNX_FILE])
         art.write_json(tmp / art.MANIFEST, manifest)
     return art.Artifact.load(final_dir)
@@ -142,7 +147,10 @@ def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, shape, what: st
 
 
 def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded,
-              report, model: nn.Module, opts: BuildOptions, timings) -> dict[str, Any]:
+              report, model: nn.Module, opts: BuildOptions, timings,
+              meta: dict[str, Any]) -> dict[str, Any]:
+    # Preprocessing: a checkpoint trained with its own (e.g. digits at 32 px) says so in meta.
+    mean, std = meta.get("mean", info.mean), meta.get("std", info.std)
     return {
         "schema": art.SCHEMA_VERSION,
         "library": lib.path.name,
@@ -154,10 +162,12 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded
         "spec": asdict(spec),  # how to re-create the PyTorch model (verify uses it)
         "input": {
             "name": INPUT_NAME, "shape": list(spec.input_shape), "dtype": "float32",
-            "layout": "NCHW", "mean": list(info.mean), "std": list(info.std),
-            "crop_pct": info.crop_pct,
+            "layout": "NCHW", "mean": list(mean), "std": list(std),
+            "crop_pct": meta.get("crop_pct", info.crop_pct),
         },
-        "output": {"name": OUTPUT_NAME, "shape": [1, spec.num_classes], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": [1, spec.num_classes], "dtype": "float32",
+                   "classes": meta.get("classes")},
+        "checkpoint_meta": {k: v for k, v in meta.items() if k != "classes"} or None,
         "target": {
             "preset": preset.name, "device": preset.device, "tvm_target": lib.target,
             "native_host": opts.native_host, "kernels": lib.kernels or None,

@@ -57,6 +57,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The ``meta`` dict our own checkpoints carry (model, classes, input size, mean/std...);
+    empty for published checkpoints, which carry none."""
+    if not Path(path).is_file():
+        raise EdgeCompileError(f"weights file {path}: no such file")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EdgeCompileError(f"weights file {path}: not a readable PyTorch checkpoint ({e})") from None
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint file, unwrapped from the usual containers and prefixes."""
     if not path.is_file():

@@ -267,7 +267,10 @@ class OpenCLDeviceAPI final : public tvm::runtime::DeviceAPI {
         EDGECOMPILE_CL_CALL(cl.EnqueueCopyBuffer(
             queue_of(dev_from), static_cast<cl_mem>(const_cast<void*>(from)),
             static_cast<cl_mem>(to), from_offset, to_offset, size, 0, nullptr, nullptr));
-        if (dev_from.device_id != dev_to.device_id) EDGECOMPILE_CL_CALL(cl.Finish(queue_of(dev_from)));
+        // The copy ran on the source's queue; the destination's queue must not overtake it.
+        if (dev_from.device_id != dev_to.device_id) {
+          EDGECOMPILE_CL_CALL(cl.Finish(queue_of(dev_from)));
+        }
       } else {  // different platforms: stage through the host
         std::vector<char> host(size);
         EDGECOMPILE_CL_CALL(cl.EnqueueReadBuffer(
