@@ -188,3 +188,27 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded
             "onnx": onnx.__version__, "torch": torch.__version__, "numpy": np.__version__,
         },
     }
+
+
+def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Path("build"),
+                   input_size: int | None = None, quiet: bool = False) -> art.Artifact:
+    """An artifact directory as it is, or a model name built for ``target`` -- reusing the
+    artifact already in ``output_dir`` when it was built the same way and is intact."""
+    path = Path(model_or_dir)
+    if (path / art.MANIFEST).is_file():
+        return art.Artifact.load(path)
+    if target is None:
+        raise UsageError(f"'{model_or_dir}' is a model name: --target is needed to build it")
+    opts = BuildOptions(model_or_dir, target, output_dir=output_dir, input_size=input_size)
+    info, preset = get_model_info(opts.model), effective_preset(opts)
+    existing = Path(output_dir) / f"{info.name}-{preset.name}"
+    if (existing / art.MANIFEST).is_file():
+        a = art.Artifact.load(existing)
+        same = (a.manifest["spec"]["input_size"] == (input_size or info.input_size)
+                and a.manifest["spec"]["weights"] == {"source": "init", "seed": opts.seed}
+                and a.manifest["versions"]["tvm"] == tvm_backend.version()
+                and a.manifest["versions"]["edgecompile"] == edgecompile.__version__
+                and not a.hash_mismatches())
+        if same:
+            return a
+    return build(opts, quiet=quiet)

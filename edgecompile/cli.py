@@ -70,6 +70,33 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgecompile import bench
+    from edgecompile.build import build_or_reuse
+    from edgecompile.progress import Ticker
+
+    device = _device(args)
+    artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
+    opts = bench.BenchOptions(warmup=args.warmup, min_time_s=args.min_time, min_runs=args.min_runs,
+                              threads=args.threads, affinity=args.affinity)
+    ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
+    record = bench.bench_artifact(artifact, device, opts, progress=ticker.update)
+    ticker.done()
+    if args.compare:
+        from edgecompile import compare
+
+        record["compare"] = compare.compare_engines(artifact, args.compare.split(","),
+                                                    threads=record["threads"])
+    if args.results:
+        bench.append_jsonl(args.results, record)
+    print(json.dumps(record) if args.format == "json" else bench.format_report(record))
+    if args.compare and args.format != "json":
+        from edgecompile import compare
+
+        print(compare.format_table(record["compare"]))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from edgecompile import listing
     from edgecompile.artifact import Artifact
@@ -116,6 +143,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("bench", help="on-device latency of an artifact (or a model, built first)")
+    s.add_argument("model", help="an artifact directory, or a model name (built with --target)")
+    s.add_argument("--target", help="target preset when MODEL is a name")
+    s.add_argument("-o", "--output", type=Path, default=Path("build"), help="where to build")
+    s.add_argument("--input-size", type=int, help="square input resolution when building")
+    s.add_argument("--threads", type=int, help="device threads (default: the runtime's choice)")
+    s.add_argument("--affinity", choices=["default", "big", "little", "all"], default="default",
+                   help="big.LITTLE cores to run on (default: the runtime's choice)")
+    s.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    s.add_argument("--min-time", type=float, default=2.0, help="time at least this long, s")
+    s.add_argument("--min-runs", type=int, default=20, help="and at least this many runs")
+    s.add_argument("--compare", metavar="LIST",
+                   help="also time onnxruntime,torch here, interleaved, same threads (local only)")
+    s.add_argument("--results", type=Path, help="append the result to this JSONL file")
+    s.add_argument("--format", **fmt)
+    _add_device_flags(s)
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("info", help="show an artifact's manifest")
     s.add_argument("artifact", type=Path)

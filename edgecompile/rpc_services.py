@@ -109,13 +109,18 @@ def start_tracker(log_dir: Path, port: int | None = None, host: str = "127.0.0.1
 
 def start_native_server(log_dir: Path, port: int | None = None, tracker: str | None = None,
                         key: str | None = None, host: str = "127.0.0.1",
-                        env: dict[str, str] | None = None) -> Service:
-    """A tvm.exec.rpc_server running on this machine's own CPU (the `x86` device)."""
+                        env: dict[str, str] | None = None, opencl: bool = False) -> Service:
+    """A tvm.exec.rpc_server running on this machine's own CPU (the `x86` device); with
+    ``opencl``, its sessions load our OpenCL plug-in, so it also serves tvm.opencl(0)."""
     port = port or free_port()
     # --port-end port+1: rpc_server silently moves to the next free port otherwise, and a
     # client could end up talking to another server.
     argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
             "--port-end", str(port + 1)]
+    if opencl:
+        from edgecompile.opencl_runtime import rpc_server_args
+
+        argv += rpc_server_args()
     if tracker:
         argv += ["--tracker", tracker, "--key", key or "x86"]
     ready = None

@@ -28,6 +28,10 @@ def _tvm():
     return tvm
 
 
+def warm_import() -> None:
+    _tvm()
+
+
 def version() -> str:
     return _tvm().__version__
 
@@ -160,6 +164,11 @@ def can_run_here(target: dict[str, Any]) -> bool:
     return isa(resolve_target(target)) <= isa(here)
 
 
+# TVM's ThreadPool modes: 1 = big cores (all cores on a uniform CPU), -1 = little cores.
+# "all" spreads over every core: big mode with as many threads as there are cores.
+AFFINITY_MODES = {"default": 1, "big": 1, "little": -1, "all": 1}
+
+
 class LoadedModel:
     """A compiled library loaded into a Relax VM on a (local or remote) device."""
 
@@ -171,12 +180,34 @@ class LoadedModel:
         self.input_name = input_name
         self.vm = tvm.relax.VirtualMachine(lib, device)
 
+    def put(self, x: np.ndarray):
+        """Copy an input to the device once (for timing runs that should not include it)."""
+        return self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device)
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        inp = self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device)
-        out = self.vm["main"](inp)
+        out = self.vm["main"](self.put(x))
         if not hasattr(out, "numpy"):  # a tuple of outputs: we have one
             out = out[0]
         return out.numpy()
+
+    def time_runs(self, device_input, runs: int) -> list[float]:
+        """Seconds of ``runs`` single inferences, timed on the device itself by TVM's
+        evaluator, so RPC round trips and host-side Python are not part of the figure."""
+        f = self.vm.time_evaluator("main", self.device, number=1, repeat=runs)
+        return [float(t) for t in f(device_input).results]
+
+    def _global(self, name: str):
+        if self.session is not None:
+            return self.session.get_function(name)
+        return self._tvm.get_global_func(name)
+
+    def configure_threads(self, threads: int | None, affinity: str) -> int:
+        """Set the device's thread pool; returns the thread count it then runs with.
+        affinity: "default" (leave it), "big" / "little" (big.LITTLE clusters), "all"."""
+        if threads is not None or affinity != "default":
+            mode = AFFINITY_MODES[affinity]
+            self._global("runtime.config_threadpool")(mode, threads or 0)
+        return int(self._global("runtime.NumThreads")())
 
 
 def _device(tvm_or_session, device: str):
@@ -249,6 +280,11 @@ def load_remote(session, lib_path: Path, device: str, input_name: str) -> Loaded
 
 def load_local(lib_path: Path, device: str, input_name: str) -> LoadedModel:
     tvm = _tvm()
+    if device == "opencl":
+        # The PyPI runtime has no OpenCL; our plug-in (built on first use) provides it.
+        from edgecompile.opencl_runtime import ensure_loaded
+
+        ensure_loaded()
     dev = _device(tvm, device)
     if not dev.exist:
         raise EdgeCompileError(f"no {device} device on this host")

@@ -12,6 +12,9 @@ PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(
   g++-aarch64-linux-gnu   # cross compiler for the arm64 presets' .so
   gcc-aarch64-linux-gnu
+  pocl-opencl-icd         # an OpenCL device on the CPU, to run the mali/adreno kernels here
+  ocl-icd-libopencl1
+  clinfo
 )
 
 step() { printf '\n==> %s\n' "$*"; }

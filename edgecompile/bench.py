@@ -1,0 +1,131 @@
+"""`edgecompile bench`: on-device latency of an artifact, like TFLite's benchmark_model.
+
+Warm-up runs first; then timed rounds until both a minimum total time and a minimum number of
+runs are reached. Each run is timed on the device by TVM's own evaluator (one inference per
+sample), so the RPC link and host-side Python are not in the figures. Cold start is measured
+on the host: upload + load + first inference, the cost a user pays once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompile import numerics, tvm_backend
+from edgecompile.artifact import Artifact
+from edgecompile.device import DeviceSpec
+from edgecompile.verify import load_artifact_model
+
+AFFINITIES = ("default", "big", "little", "all")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    warmup: int = 5
+    min_time_s: float = 2.0
+    min_runs: int = 20
+    max_runs: int = 5000
+    round_runs: int = 10  # runs per round trip to the device
+    threads: int | None = None  # None: the device runtime's default
+    affinity: str = "default"
+
+
+def latency_stats(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {
+        "median": float(np.median(ms)), "mean": float(ms.mean()),
+        "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
+        "min": float(ms.min()), "max": float(ms.max()),
+        "std": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "runs": int(len(ms)),
+    }
+
+
+def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
+                   opts: BenchOptions | None = None, progress=None) -> dict[str, Any]:
+    device, opts = device or DeviceSpec(), opts or BenchOptions()
+    shape = tuple(a.manifest["input"]["shape"])
+    x = numerics.parity_inputs(1, shape[1:])
+
+    tvm_backend.warm_import()  # the one-time import of TVM is not the device's cold start
+    t0 = time.perf_counter()
+    model = load_artifact_model(a, device)
+    t1 = time.perf_counter()
+    threads = model.configure_threads(opts.threads, opts.affinity)
+    dev_x = model.put(x)
+    model.run(x)
+    t2 = time.perf_counter()
+
+    model.time_runs(dev_x, max(opts.warmup, 1))
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < opts.max_runs and (
+        len(samples) < opts.min_runs or time.perf_counter() - start < opts.min_time_s
+    ):
+        samples += model.time_runs(dev_x, opts.round_runs)
+        if progress:
+            progress(len(samples), float(np.median(samples)) * 1e3)
+
+    stats = latency_stats(samples)
+    macs = a.manifest["model"]["macs_counted"]
+    return {
+        "kind": "bench",
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": a.manifest["model"]["name"],
+        "family": a.manifest["model"]["family"],
+        "target": a.manifest["target"]["preset"],
+        "device": device.describe(),
+        "artifact": str(a.path),
+        "input_shape": list(shape),
+        "threads": threads,
+        "affinity": opts.affinity,
+        "warmup": opts.warmup,
+        "latency_ms": stats,
+        "cold_start_ms": {"load": (t1 - t0) * 1e3, "first_run": (t2 - t1) * 1e3,
+                          "total": (t2 - t0) * 1e3},
+        "artifact_bytes": a.library.stat().st_size,
+        "macs": macs,
+        # achieved GFLOP/s = 2 FLOPs per multiply-add / median latency
+        "gflops": 2 * macs / (stats["median"] * 1e-3) / 1e9,
+        "tuning": a.manifest["tuning"]["records"],
+        "options": asdict(opts),
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lat, cold = r["latency_ms"], r["cold_start_ms"]
+    rows = [
+        ("model", f"{r['model']} -> {r['target']} on {r['device']}"),
+        ("input", "x".join(map(str, r["input_shape"]))),
+        ("threads", f"{r['threads']} (affinity {r['affinity']})"),
+        ("runs", f"{lat['runs']} after {r['warmup']} warm-up"),
+        ("median", f"{lat['median']:.3f} ms"),
+        ("mean", f"{lat['mean']:.3f} ms (std {lat['std']:.3f})"),
+        ("p90 / p99", f"{lat['p90']:.3f} / {lat['p99']:.3f} ms"),
+        ("min / max", f"{lat['min']:.3f} / {lat['max']:.3f} ms"),
+        ("cold start", f"{cold['total']:.1f} ms (load {cold['load']:.1f}, first run "
+                       f"{cold['first_run']:.1f})"),
+        ("artifact", f"{r['artifact_bytes'] / 1e6:.2f} MB"),
+        ("throughput", f"{r['gflops']:.2f} GFLOP/s achieved ({r['macs'] / 1e6:.1f}M MACs)"),
+    ]
+    return "\n".join(f"{k:<11} {v}" for k, v in rows)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one result as a JSON line; a line is written whole or not at all (O_APPEND)."""
+    import json
+
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -1,0 +1,51 @@
+"""mali and adreno artifacts of every family run their OpenCL kernels on a real OpenCL device
+(pocl on this CPU), in this process and through an RPC server that loads our plug-in.
+
+The host side is compiled for this machine (--native-host); the kernels are the preset's own.
+pocl compiles each kernel source once and caches it, so the RPC run after the local one
+costs little: both share POCL_CACHE_DIR.
+"""
+
+import os
+
+import pytest
+
+from edgecompile.build import BuildOptions, build
+from edgecompile.device import DeviceSpec
+from edgecompile.models import list_families, list_models
+from edgecompile.rpc_services import start_native_server
+from edgecompile.verify import verify
+
+pytestmark = [pytest.mark.tvm, pytest.mark.opencl, pytest.mark.rpc]
+ONE_PER_FAMILY = [list_models(f)[0] for f in list_families()]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def pocl_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pocl")
+    old = os.environ.get("POCL_CACHE_DIR")
+    os.environ["POCL_CACHE_DIR"] = str(path)  # inherited by the RPC server below
+    yield path
+    if old is None:
+        os.environ.pop("POCL_CACHE_DIR", None)
+    else:
+        os.environ["POCL_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def opencl_server(pocl_cache, tmp_path_factory):
+    with start_native_server(tmp_path_factory.mktemp("logs"), opencl=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("target", ["mali", "adreno"])
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_gpu_artifact_on_pocl_locally_and_over_rpc(name, target, tmp_path, opencl_server):
+    a = build(BuildOptions(name, target, output_dir=tmp_path, input_size=SIZE, native_host=True),
+              quiet=True)
+    assert a.manifest["target"]["kernels"]["on_host"] == []
+    local = verify(a.path, samples=2)
+    assert local.ok, (local.onnx, local.tvm)
+    remote = verify(a.path, samples=2, device=DeviceSpec(rpc=opencl_server.address))
+    assert remote.ok and opencl_server.address in remote.where, remote.tvm
