@@ -97,6 +97,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgecompile import evaluate
+    from edgecompile.bench import append_jsonl
+    from edgecompile.build import build_or_reuse
+    from edgecompile.progress import Ticker
+
+    device = _device(args)
+    artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
+    ticker = Ticker(f"eval {artifact.manifest['model']['name']} on {device.describe()}")
+    record = evaluate.evaluate(
+        artifact, args.data, device, evaluate.EvalOptions(limit=args.limit, class_index=args.class_index),
+        progress=lambda i, n, top1, s: ticker.update(
+            f"{i}/{n} images, top-1 {top1:.2f}%, ETA {s / i * (n - i):.0f}s"),
+    )
+    ticker.done()
+    if args.results:
+        append_jsonl(args.results, record)
+    print(json.dumps(record) if args.format == "json" else evaluate.format_report(record))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from edgecompile import listing
     from edgecompile.artifact import Artifact
@@ -161,6 +182,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("eval", help="accuracy of an artifact on a labelled image folder, vs PyTorch")
+    s.add_argument("model", help="an artifact directory, or a model name (built with --target)")
+    s.add_argument("--data", type=Path, required=True, help="DIR/<class>/<image> or ImageNet synsets")
+    s.add_argument("--class-index", type=Path, help="ImageNet class index JSON (subset of synsets)")
+    s.add_argument("--limit", type=int, help="first N images, interleaved over classes")
+    s.add_argument("--target", help="target preset when MODEL is a name")
+    s.add_argument("-o", "--output", type=Path, default=Path("build"), help="where to build")
+    s.add_argument("--input-size", type=int, help="square input resolution when building")
+    s.add_argument("--results", type=Path, help="append the result to this JSONL file")
+    s.add_argument("--format", **fmt)
+    _add_device_flags(s)
+    s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("info", help="show an artifact's manifest")
     s.add_argument("artifact", type=Path)
