@@ -27,7 +27,7 @@ from edgecompile.targets import TargetPreset, get_target
 from edgecompile.weights import checkpoint_meta, file_sha256, init_for_parity, load_weights
 
 MIN_INPUT_SIZE = 32  # every family downsamples by 32
-FOLD_CHECK_INPUTS = 2
+STAGE_CHECK_INPUTS = 2  # inputs each stage's before/after check runs
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
         exported = export_onnx(model, spec.input_shape, opts.opset)
     with progress.stage("simplify", "onnxsim"):
         simplified = simplify_onnx(exported)
+        _check_same(exported, simplified, spec.input_shape, "onnxsim")
     with progress.stage("fold-bn", f"{count_ops(simplified, 'BatchNormalization')} BN nodes"):
         folded, report = fold_batchnorm(simplified)
         _check_same(simplified, folded, spec.input_shape, "BN folding")
@@ -140,7 +141,7 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
 
 
 def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, shape, what: str) -> None:
-    x = numerics.parity_inputs(FOLD_CHECK_INPUTS, shape[1:])
+    x = numerics.parity_inputs(STAGE_CHECK_INPUTS, shape[1:])
     cmp = numerics.compare(ort.run_onnx(before, x), ort.run_onnx(after, x))
     if not cmp.ok:
         raise EdgeCompileError(f"{what} changed the outputs: {cmp}")

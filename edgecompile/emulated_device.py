@@ -663,13 +663,13 @@ def _start_once(core: str, port: int, tracker: str | None, key: str | None, root
     wrapper = run_dir / "python3"
     wrapper.write_text(
         "#!/bin/sh\n# The guest's python, for the guest's subprocesses (see sitecustomize.py)\n"
-        f"exec {shlex.quote(qemu)} -L {shlex.quote(str(root))} -cpu {shlex.quote(core)} "
+        f"exec {shlex.quote(qemu)} -L {shlex.quote(str(root))} "
         f"{shlex.quote(str(guest_python))} \"$@\"\n"
     )
     wrapper.chmod(0o755)
     env = _guest_env(root, core, [run_dir / "site", root / "opt" / "tvm"])
     env["EDGECOMPILE_GUEST_PYTHON"] = str(wrapper)
-    env["TMPDIR"] = str(run_dir / "tmp")  # uploaded libraries; removed with the run dir
+    env.pop("QEMU_CPU"); env["TMPDIR"] = str(run_dir / "tmp")  # uploaded libraries; removed with the run dir
 
     argv = [qemu, "-L", str(root), "-cpu", core, str(guest_python), "-m", SERVER_MODULE,
             "--host", host, "--port", str(port), "--port-end", str(port + 1)]

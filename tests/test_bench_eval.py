@@ -104,7 +104,8 @@ def test_eval_counts_and_reports_bad_images(artifact, digits_like):
     for label, c in enumerate(("cat", "dog", "fox")):
         for i in range(4):
             with torch.no_grad():
-                hits += int(model(torch.from_numpy(prep(digits_like / c / f"{i}.png")[None])).argmax() == label)
+                x = torch.from_numpy(prep(digits_like / c / f"{i}.png")[None])
+                hits += int(model(x).argmax() == label)
     assert e["torch_top1"] == pytest.approx(100 * hits / 12)
     assert e["top1"] == pytest.approx(e["torch_top1"]) and e["top1_agreement"] == 100.0
     assert e["max_abs_logit_diff"] < 1e-3
