@@ -13,7 +13,6 @@ import onnxsim
 from edgecompile.errors import EdgeCompileError
 
 
-
 def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     """Simplify; the caller checks the outputs (numerics.compare, scale-aware tolerance).
 
