@@ -47,20 +47,27 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
-                   opts: BenchOptions | None = None, progress=None) -> dict[str, Any]:
-    device, opts = device or DeviceSpec(), opts or BenchOptions()
-    shape = tuple(a.manifest["input"]["shape"])
-    x = numerics.parity_inputs(1, shape[1:])
-
+def load_timed(a: Artifact, device: DeviceSpec) -> tuple[Any, dict[str, float]]:
+    """The artifact loaded on its device, and the cold start: upload + load, first run."""
+    x = numerics.parity_inputs(1, tuple(a.manifest["input"]["shape"])[1:])
     tvm_backend.warm_import()  # the one-time import of TVM is not the device's cold start
     t0 = time.perf_counter()
     model = load_artifact_model(a, device)
     t1 = time.perf_counter()
-    threads = model.configure_threads(opts.threads, opts.affinity)
-    dev_x = model.put(x)
     model.run(x)
     t2 = time.perf_counter()
+    return model, {"load": (t1 - t0) * 1e3, "first_run": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+
+
+def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
+                   opts: BenchOptions | None = None, progress=None,
+                   loaded: tuple[Any, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Latency of ``a`` on ``device``; ``loaded`` reuses a model from :func:`load_timed`."""
+    device, opts = device or DeviceSpec(), opts or BenchOptions()
+    shape = tuple(a.manifest["input"]["shape"])
+    model, cold = loaded or load_timed(a, device)
+    threads = model.configure_threads(opts.threads, opts.affinity)
+    dev_x = model.put(numerics.parity_inputs(1, shape[1:]))
 
     model.time_runs(dev_x, max(opts.warmup, 1))
     samples: list[float] = []
@@ -81,14 +88,14 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
         "family": a.manifest["model"]["family"],
         "target": a.manifest["target"]["preset"],
         "device": device.describe(),
+        "server": model.server,
         "artifact": str(a.path),
         "input_shape": list(shape),
         "threads": threads,
         "affinity": opts.affinity,
         "warmup": opts.warmup,
         "latency_ms": stats,
-        "cold_start_ms": {"load": (t1 - t0) * 1e3, "first_run": (t2 - t1) * 1e3,
-                          "total": (t2 - t0) * 1e3},
+        "cold_start_ms": cold,
         "artifact_bytes": a.library.stat().st_size,
         "macs": macs,
         # achieved GFLOP/s = 2 FLOPs per multiply-add / median latency

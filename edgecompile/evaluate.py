@@ -48,13 +48,14 @@ def _topk_hits(logits: np.ndarray, label: int, k: int) -> bool:
 
 
 def evaluate(a: Artifact, data: Path, device: DeviceSpec | None = None,
-             opts: EvalOptions | None = None, progress=None) -> dict[str, Any]:
+             opts: EvalOptions | None = None, progress=None, model=None) -> dict[str, Any]:
+    """Accuracy of ``a`` on ``data``; ``model`` reuses an already loaded artifact."""
     device, opts = device or DeviceSpec(), opts or EvalOptions()
     num_classes = a.manifest["output"]["shape"][-1]
     images = scan(data, a.manifest["output"].get("classes"), num_classes, opts.class_index)
     samples = _interleave(images.samples)[: opts.limit]
     prep = Preprocess.from_manifest(a.manifest)
-    model = load_artifact_model(a, device)
+    model = model or load_artifact_model(a, device)
     reference = ModelSpec(**a.manifest["spec"]).create().eval()
 
     hits = {"tvm_top1": 0, "tvm_top5": 0, "torch_top1": 0, "torch_top5": 0, "agree": 0}
@@ -89,6 +90,7 @@ def evaluate(a: Artifact, data: Path, device: DeviceSpec | None = None,
         "family": a.manifest["model"]["family"],
         "target": a.manifest["target"]["preset"],
         "device": device.describe(),
+        "server": model.server,
         "artifact": str(a.path),
         "data": str(data),
         "layout": images.layout,

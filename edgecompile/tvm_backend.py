@@ -172,11 +172,12 @@ AFFINITY_MODES = {"default": 1, "big": 1, "little": -1, "all": 1}
 class LoadedModel:
     """A compiled library loaded into a Relax VM on a (local or remote) device."""
 
-    def __init__(self, lib, device, input_name: str, session=None):
+    def __init__(self, lib, device, input_name: str, session=None, server: str = "local"):
         tvm = _tvm()
         self._tvm = tvm
         self.device = device
         self.session = session  # keeps an RPC session alive as long as the model
+        self.server = server  # "host:port" of the RPC server it runs on, or "local"
         self.input_name = input_name
         self.vm = tvm.relax.VirtualMachine(lib, device)
 
@@ -218,7 +219,8 @@ def _device(tvm_or_session, device: str):
 
 
 def open_session(spec):
-    """An RPC session for a DeviceSpec: a direct server, or a device leased from a tracker."""
+    """(RPC session, "host:port" of the server it reached) for a DeviceSpec: a direct server,
+    or a device leased from a tracker under the spec's key."""
     from tvm import rpc
 
     from edgecompile.device import check_reachable, parse_hostport
@@ -227,7 +229,7 @@ def open_session(spec):
         check_reachable(spec.rpc, "RPC server", spec.timeout_s)
         host, port = parse_hostport(spec.rpc, "--rpc")
         try:
-            return rpc.connect(host, port, session_timeout=0)
+            return rpc.connect(host, port, session_timeout=0), spec.rpc
         except Exception as e:
             raise EdgeCompileError(
                 f"RPC server {spec.rpc} refused the session: {_first_line(e)}"
@@ -244,11 +246,28 @@ def open_session(spec):
             f"(keys there: {known})"
         )
     try:
-        return tracker.request(spec.key, priority=1, session_timeout=0, max_retry=3)
+        return _lease(tracker, spec.key)
     except Exception as e:
         raise EdgeCompileError(
-            f"tracker {spec.tracker} gave no device for key '{spec.key}': {_first_line(e)}"
+            f"tracker {spec.tracker} gave no working device for key '{spec.key}': {_first_line(e)}"
         ) from None
+
+
+def _lease(tracker, key: str):
+    """TrackerSession.request, keeping the address of the server the tracker picked (the
+    farm records which device ran each job). Same protocol as TVM's client: REQUEST, then
+    connect with the match key. Blocks until a device under ``key`` is free."""
+    from tvm import rpc
+    from tvm.rpc import base
+
+    if tracker._sock is None:
+        tracker._connect()
+    base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, key, "", 1])
+    value = base.recvjson(tracker._sock)
+    if value[0] != base.TrackerCode.SUCCESS:
+        raise RuntimeError(f"tracker answered {value!s}")
+    url, port, matchkey = value[1]
+    return rpc.connect(url, port, matchkey, 0), f"{url}:{port}"
 
 
 def tracker_keys(tracker) -> dict[str, int]:
@@ -266,12 +285,13 @@ def _first_line(e: Exception) -> str:
     return next((line for line in reversed(text) if line.strip()), type(e).__name__)[:300]
 
 
-def load_remote(session, lib_path: Path, device: str, input_name: str) -> LoadedModel:
+def load_remote(session, lib_path: Path, device: str, input_name: str,
+                server: str = "") -> LoadedModel:
     """Upload the library to the device, load it there, and wrap it in a VM."""
     try:
         session.upload(str(lib_path))
         lib = session.load_module(Path(lib_path).name)
-        return LoadedModel(lib, _device(session, device), input_name, session=session)
+        return LoadedModel(lib, _device(session, device), input_name, session=session, server=server)
     except EdgeCompileError:
         raise
     except Exception as e:

@@ -47,7 +47,8 @@ def load_artifact_model(a: Artifact, device: DeviceSpec) -> tvm_backend.LoadedMo
                 "cannot run; give the device with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
             )
         return tvm_backend.load_local(a.library, kind, name)
-    return tvm_backend.load_remote(tvm_backend.open_session(device), a.library, kind, name)
+    session, server = tvm_backend.open_session(device)
+    return tvm_backend.load_remote(session, a.library, kind, name, server)
 
 
 def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234,
