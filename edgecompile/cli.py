@@ -118,6 +118,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from edgecompile import listing, matrix
+
+    opts = matrix.MatrixOptions(
+        models=matrix.expand_models(args.models.split(",")), targets=tuple(args.targets.split(",")),
+        tracker=args.tracker, data=args.data, limit=args.limit, results=args.results,
+        output_dir=args.output, input_size=args.input_size, attempts=args.attempts,
+        job_timeout_s=args.job_timeout, bench_min_time_s=args.bench_time,
+    )
+    records = matrix.run_matrix(opts)
+    rows = matrix.summary_rows(records)
+    print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from edgecompile import listing
     from edgecompile.artifact import Artifact
@@ -195,6 +210,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("matrix", help="bench + eval of every model x target across a device farm")
+    s.add_argument("--models", required=True, help="comma list: model names, family names, or all")
+    s.add_argument("--targets", required=True, help="comma list of target presets")
+    s.add_argument("--tracker", metavar="HOST:PORT",
+                   help="devices under each target's RPC key (default: this host runs every job)")
+    s.add_argument("--data", type=Path, help="labelled images for eval (default: bench only)")
+    s.add_argument("--limit", type=int, help="eval on the first N images")
+    s.add_argument("--results", type=Path, default=Path("results/matrix.jsonl"),
+                   help="JSON lines, appended per job; jobs already there are skipped")
+    s.add_argument("-o", "--output", type=Path, default=Path("build"), help="where to build")
+    s.add_argument("--input-size", type=int, help="square input resolution")
+    s.add_argument("--attempts", type=int, default=3, help="tries per job across devices (default 3)")
+    s.add_argument("--job-timeout", type=float, default=900, help="s per job once it has a device")
+    s.add_argument("--bench-time", type=float, default=1.0, help="bench at least this long, s")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_matrix)
 
     s = sub.add_parser("info", help="show an artifact's manifest")
     s.add_argument("artifact", type=Path)

@@ -270,6 +270,29 @@ def _lease(tracker, key: str):
     return rpc.connect(url, port, matchkey, 0), f"{url}:{port}"
 
 
+def _tracker(address: str):
+    from tvm import rpc
+
+    from edgecompile.device import check_reachable, parse_hostport
+
+    check_reachable(address, "tracker", 10.0)
+    host, port = parse_hostport(address, "--tracker")
+    return rpc.connect_tracker(host, port)
+
+
+def tracker_key_counts(address: str) -> dict[str, int]:
+    return tracker_keys(_tracker(address))
+
+
+def tracker_servers(address: str, key: str) -> set[str]:
+    """"host:port" of every server registered under ``key``."""
+    return {
+        f"{info['addr'][0]}:{info['addr'][1]}"
+        for info in _tracker(address).summary().get("server_info", [])
+        if str(info.get("key", "")).removeprefix("server:") == key
+    }
+
+
 def tracker_keys(tracker) -> dict[str, int]:
     """key -> number of servers registered under it (free or busy)."""
     summary = tracker.summary()
