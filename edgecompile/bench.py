@@ -47,12 +47,13 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def load_timed(a: Artifact, device: DeviceSpec) -> tuple[Any, dict[str, float]]:
-    """The artifact loaded on its device, and the cold start: upload + load, first run."""
+def load_timed(a: Artifact, device: DeviceSpec, session=None) -> tuple[Any, dict[str, float]]:
+    """The artifact loaded on its device, and the cold start: upload + load, first run.
+    ``session``: an already opened (RPC session, server), so waiting for a device is not timed."""
     x = numerics.parity_inputs(1, tuple(a.manifest["input"]["shape"])[1:])
     tvm_backend.warm_import()  # the one-time import of TVM is not the device's cold start
     t0 = time.perf_counter()
-    model = load_artifact_model(a, device)
+    model = load_artifact_model(a, device, session)
     t1 = time.perf_counter()
     model.run(x)
     t2 = time.perf_counter()

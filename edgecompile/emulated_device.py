@@ -282,6 +282,11 @@ def _prepare_locked(root: Path, mirror: str, quiet: bool) -> None:
             f"{root} exists and was not made by edgecompile; remove it or pass another root"
         )
     state.mkdir(parents=True, exist_ok=True)
+    recipe = state / "recipe"
+    if recipe.exists() and recipe.read_text().strip() != str(RECIPE):
+        for s in state.glob("*.done"):  # built by another recipe: redo every stage
+            s.unlink()
+    recipe.write_text(f"{RECIPE}\n")
     log = state / "prepare.log"
     progress = StageProgress(total=4, quiet=quiet)
     progress.note(f"emulated arm64 device: Debian {SUITE} arm64 rootfs in {root}")
@@ -294,10 +299,7 @@ def _prepare_locked(root: Path, mirror: str, quiet: bool) -> None:
             # A partial debootstrap is not resumable: start that stage from an empty root.
             for child in root.iterdir():
                 if child.name != STATE_DIR:
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
+                    _remove(child)
             for s in state.glob("*.done"):
                 s.unlink()
             cmd = [_which("debootstrap"), "--arch=arm64", "--variant=minbase", "--foreign",
@@ -309,7 +311,7 @@ def _prepare_locked(root: Path, mirror: str, quiet: bool) -> None:
             stamp.touch()
 
     stamp = state / "unpack.done"
-    with progress.stage("unpack", "dpkg-deb -x every downloaded package (no emulated 2nd stage)"):
+    with progress.stage("unpack", "dpkg-deb | tar -x each downloaded package (no emulated 2nd stage)"):
         if stamp.exists():
             progress.note("already there")
         else:
@@ -333,6 +335,16 @@ def _prepare_locked(root: Path, mirror: str, quiet: bool) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": progress.timings,
     })
     progress.note(f"ready: {root}")
+
+
+def _remove(path: Path) -> None:
+    """rm -rf, also through the read-only directories a rootfs has (dr-xr-xr-x proc, ...)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        for d, _, _ in os.walk(path):
+            os.chmod(d, 0o700)
+        shutil.rmtree(path)
 
 
 def _unpack_debs(root: Path, log: Path) -> None:
@@ -359,11 +371,7 @@ def _unpack_debs(root: Path, log: Path) -> None:
     if not python.exists():
         raise EdgeCompileError(f"the rootfs has no {python.relative_to(root)} after unpacking")
     for name in HOST_DIRS:
-        p = root / name
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        elif p.is_dir():
-            shutil.rmtree(p)
+        _remove(root / name)
     for deb in debs:  # about 60 MB that nothing needs any more
         deb.unlink(missing_ok=True)
 
@@ -371,7 +379,7 @@ def _unpack_debs(root: Path, log: Path) -> None:
 def _install_guest_packages(root: Path, log: Path) -> None:
     final = root / "opt" / "tvm"
     tmp = root / "opt" / "tvm.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove(tmp)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
            "--target", str(tmp), "--platform", WHEEL_PLATFORM,
            "--python-version", GUEST_PYTHON, "--implementation", "cp",
@@ -382,7 +390,7 @@ def _install_guest_packages(root: Path, log: Path) -> None:
     # `import tvm` loads the runtime only, and takes half the time under emulation.
     for lib in (tmp / "tvm" / "lib").glob("libtvm_compiler*.so"):
         lib.unlink()
-    shutil.rmtree(final, ignore_errors=True)
+    _remove(final)
     os.replace(tmp, final)
 
 
@@ -663,13 +671,13 @@ def _start_once(core: str, port: int, tracker: str | None, key: str | None, root
     wrapper = run_dir / "python3"
     wrapper.write_text(
         "#!/bin/sh\n# The guest's python, for the guest's subprocesses (see sitecustomize.py)\n"
-        f"exec {shlex.quote(qemu)} -L {shlex.quote(str(root))} "
+        f"exec {shlex.quote(qemu)} -L {shlex.quote(str(root))} -cpu {shlex.quote(core)} "
         f"{shlex.quote(str(guest_python))} \"$@\"\n"
     )
     wrapper.chmod(0o755)
     env = _guest_env(root, core, [run_dir / "site", root / "opt" / "tvm"])
     env["EDGECOMPILE_GUEST_PYTHON"] = str(wrapper)
-    env.pop("QEMU_CPU"); env["TMPDIR"] = str(run_dir / "tmp")  # uploaded libraries; removed with the run dir
+    env["TMPDIR"] = str(run_dir / "tmp")  # uploaded libraries; removed with the run dir
 
     argv = [qemu, "-L", str(root), "-cpu", core, str(guest_python), "-m", SERVER_MODULE,
             "--host", host, "--port", str(port), "--port-end", str(port + 1)]

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
     try:
+        from edgecompile import tvm_backend
         from edgecompile.artifact import Artifact
         from edgecompile.bench import BenchOptions, bench_artifact, load_timed
         from edgecompile.device import DeviceSpec
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         a = Artifact.load(args.artifact)
         device = DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key)
-        model, cold = load_timed(a, device)
-        emit("leased", server=model.server)
+        session = tvm_backend.open_session(device) if not device.is_local else None
+        emit("leased", server=session[1] if session else "local")
+        model, cold = load_timed(a, device, session)
         bench = bench_artifact(a, device, BenchOptions(warmup=args.warmup, min_time_s=args.min_time,
                                                        min_runs=args.min_runs), loaded=(model, cold))
         result = None

@@ -37,8 +37,10 @@ def runs_on_this_host(a: Artifact) -> bool:
     return a.library.suffix == ".so" and tvm_backend.can_run_here(host_code)
 
 
-def load_artifact_model(a: Artifact, device: DeviceSpec) -> tvm_backend.LoadedModel:
-    """The artifact's library loaded on its device: here, or uploaded over RPC."""
+def load_artifact_model(a: Artifact, device: DeviceSpec,
+                        session=None) -> tvm_backend.LoadedModel:
+    """The artifact's library loaded on its device: here, or uploaded over RPC (through
+    ``session`` = (RPC session, server) when the caller has already opened one)."""
     kind, name = a.manifest["target"]["device"], a.manifest["input"]["name"]
     if device.is_local:
         if not runs_on_this_host(a):
@@ -47,7 +49,7 @@ def load_artifact_model(a: Artifact, device: DeviceSpec) -> tvm_backend.LoadedMo
                 "cannot run; give the device with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
             )
         return tvm_backend.load_local(a.library, kind, name)
-    session, server = tvm_backend.open_session(device)
+    session, server = session or tvm_backend.open_session(device)
     return tvm_backend.load_remote(session, a.library, kind, name, server)
 
 

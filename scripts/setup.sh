@@ -15,6 +15,11 @@ APT_PACKAGES=(
   pocl-opencl-icd         # an OpenCL device on the CPU, to run the mali/adreno kernels here
   ocl-icd-libopencl1
   clinfo
+  qemu-user-static        # the emulated arm64 device (scripts/emulated_device.py) ...
+  debootstrap             # ... its Debian arm64 rootfs
+  debian-archive-keyring  # ... verified against Debian's keys (not preinstalled on Ubuntu)
+  fakeroot                # ... built without root when setup runs as a user
+  binfmt-support          # optional: lets the host exec aarch64 binaries directly
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -37,6 +42,9 @@ step "Python packages (pinned by constraints.txt)"
 "$PYTHON" -m pip install -q -c constraints.txt torch==2.13.0
 "$PYTHON" -m pip install -q -c constraints.txt -e ".[dev]"
 "$PYTHON" -m edgecompile --help >/dev/null
+
+step "emulated arm64 device: Debian arm64 rootfs + aarch64 TVM (cached; about a minute the first time)"
+"$PYTHON" scripts/emulated_device.py prepare
 
 if [ "${1:-}" = "--no-demo" ]; then
   exit 0

@@ -1,0 +1,116 @@
+"""The device farm on real RPC services: two native servers under one key behind a tracker.
+
+One device is killed (or frozen) while it runs a job; every job must still end up in the
+results exactly once, the lost attempt recorded, and a re-run must skip what is done.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from edgecompile.errors import EdgeCompileError
+from edgecompile.matrix import MatrixOptions, expand_models, run_matrix
+from edgecompile.rpc_services import start_native_server, start_tracker
+
+pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
+MODELS = ("squeezenet1_1", "mobilenet_v2_035", "shufflenet_v2_x0_5", "mobilenet_v1_025")
+
+
+def _opts(tmp_path, tracker, **kw):
+    base = dict(models=MODELS, targets=("x86",), tracker=tracker, results=tmp_path / "r.jsonl",
+                output_dir=tmp_path / "build", input_size=32, bench_min_time_s=0.5,
+                bench_min_runs=10)
+    return MatrixOptions(**(base | kw))
+
+
+def _both_busy(tracker_address: str, key: str) -> bool:
+    from tvm import rpc
+
+    host, _, port = tracker_address.rpartition(":")
+    summary = rpc.connect_tracker(host, int(port)).summary()
+    return summary["queue_info"].get(key, {}).get("free", 1) == 0
+
+
+def _when_both_busy(tracker, action):
+    def watch():
+        for _ in range(3000):
+            if _both_busy(tracker.address, "x86"):
+                time.sleep(0.3)  # well inside the job (upload, load, bench)
+                action()
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def farm(tmp_path):
+    logs = tmp_path / "logs"
+    with start_tracker(logs) as tracker, \
+            start_native_server(logs, tracker=tracker.address, key="x86") as a, \
+            start_native_server(logs, tracker=tracker.address, key="x86") as b:
+        yield tracker, a, b
+
+
+def test_a_device_killed_mid_job_loses_nothing(tmp_path, farm):
+    tracker, a, b = farm
+    watcher = _when_both_busy(tracker, b.stop)
+    records = run_matrix(_opts(tmp_path, tracker.address))
+    watcher.join(timeout=1)
+    assert not b.alive()
+    on_disk = _records(tmp_path / "r.jsonl")
+    assert sorted(r["model"] for r in on_disk) == sorted(MODELS)  # each exactly once
+    assert all(r["status"] == "ok" for r in on_disk) and len(records) == len(MODELS)
+    servers = {r["server"] for r in on_disk}
+    assert a.address in servers  # the survivor took the rest
+    lost = [att for r in on_disk for att in r["failed_attempts"]]
+    assert len(lost) == 1 and lost[0]["server"] == b.address  # the killed job, recorded
+    # A second run has nothing to do.
+    assert run_matrix(_opts(tmp_path, tracker.address)) == []
+
+
+def test_a_frozen_device_times_out_and_the_job_moves(tmp_path, farm):
+    tracker, a, b = farm
+    watcher = _when_both_busy(tracker, lambda: os.killpg(b.proc.pid, signal.SIGSTOP))
+    try:
+        run_matrix(_opts(tmp_path, tracker.address, job_timeout_s=20))
+    finally:
+        watcher.join(timeout=1)
+        os.killpg(b.proc.pid, signal.SIGCONT)
+    on_disk = _records(tmp_path / "r.jsonl")
+    assert sorted(r["model"] for r in on_disk) == sorted(MODELS)
+    assert all(r["status"] == "ok" for r in on_disk)
+    timeouts = [att for r in on_disk for att in r["failed_attempts"]]
+    assert len(timeouts) == 1 and "timed out running" in timeouts[0]["error"]
+
+
+def test_resume_skips_done_jobs_and_tolerates_a_cut_line(tmp_path, farm):
+    tracker, _, _ = farm
+    opts = _opts(tmp_path, tracker.address, models=MODELS[:2])
+    run_matrix(opts)
+    with open(tmp_path / "r.jsonl", "a") as fh:
+        fh.write('{"kind": "matrix", "key": ')  # a crash mid-write
+    records = run_matrix(_opts(tmp_path, tracker.address, models=MODELS[:3]))
+    assert [r["model"] for r in records] == [MODELS[2]]
+
+
+def test_unserved_key_is_a_clear_error(tmp_path, farm):
+    tracker, _, _ = farm
+    with pytest.raises(EdgeCompileError, match="under key.*rpi4.*keys there: x86"):
+        run_matrix(_opts(tmp_path, tracker.address, targets=("rpi4",)))
+
+
+def test_model_lists_expand_families():
+    assert expand_models(["shufflenet_v2", "squeezenet1_1"]) == (
+        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+        "squeezenet1_1")
