@@ -86,8 +86,9 @@ _DEBIAN_SUITES = {
 
 
 def default_root() -> Path:
-    base = os.environ.get("EDGECOMPILE_CACHE") or Path.home() / ".cache" / "edgecompile"
-    return Path(base).expanduser() / ROOTFS_DIRNAME
+    from edgecompile.paths import cache_dir
+
+    return cache_dir().expanduser() / ROOTFS_DIRNAME
 
 
 # ---------------------------------------------------------------------------------------------

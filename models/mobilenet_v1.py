@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._init import init_reference_weights
 from ._registry import register_model
 
 __all__ = ["DepthwiseSeparableConv", "MobileNetV1", "mobilenet_v1_100", "mobilenet_v1_075",
@@ -119,18 +120,8 @@ class MobileNetV1(nn.Module):
         self.flatten = nn.Flatten(1)
         self.dropout = nn.Dropout(p=drop_rate)
         self.classifier = nn.Linear(self.num_features, num_classes)
-        self._init_weights()
+        init_reference_weights(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._init import init_reference_weights
 from ._registry import register_model
 
 __all__ = ["ConvBNReLU6", "InvertedResidual", "MobileNetV2", "mobilenet_v2_140",
@@ -141,20 +142,8 @@ class MobileNetV2(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(self.last_channel, num_classes),
         )
-        self._init_weights()
+        init_reference_weights(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._init import init_reference_weights
 from ._registry import register_model
 
 __all__ = ["MobileNeXt", "SandGlass", "remap_state_dict"]
@@ -169,18 +170,8 @@ class MobileNeXt(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         # Sequential(Dropout, Linear) keeps the authors' key name classifier.1.*.
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_chs, num_classes))
-        self._init_weights()
+        init_reference_weights(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._init import init_reference_weights
 from ._registry import register_model
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Block", "channel_shuffle_v1"]
@@ -126,17 +127,8 @@ class ShuffleNetV1(nn.Module):
         self.globalpool = nn.AdaptiveAvgPool2d(1)
         # Bias-free classifier, wrapped in a Sequential: megvii's ``classifier.0.weight``.
         self.classifier = nn.Sequential(nn.Linear(self.num_features, num_classes, bias=False))
-        self._init_weights()
+        init_reference_weights(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_conv(x)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,8 +47,9 @@ SPLIT_DOC = ("sklearn load_digits (1797 images); stratified 80/20: per class c t
 
 
 def default_out() -> Path:
-    base = os.environ.get("EDGECOMPILE_CACHE") or str(Path.home() / ".cache" / "edgecompile")
-    return Path(base) / "digits"
+    from edgecompile.paths import cache_dir
+
+    return cache_dir() / "digits"
 
 
 def split_indices(targets: np.ndarray) -> dict[str, list[int]]:

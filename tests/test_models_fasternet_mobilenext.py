@@ -12,24 +12,13 @@ import io
 
 import pytest
 import torch
+from published_keys import bn_keys, synthetic
 from torch import nn
 
 from edgecompile.flops import count_params
 from edgecompile.models import create_model, get_model_info, list_models
 from edgecompile.models.fasternet import PartialConv3
 from edgecompile.models.mobilenext import SandGlass
-
-
-def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
-
-
-def _synthetic(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {k: (torch.tensor(7) if s == () else torch.randn(s, generator=g))
-            for k, s in shapes.items()}
-
 
 # ------------------------------------------------------------------ registry / sizes
 
@@ -98,17 +87,17 @@ def test_fasternet_default_export_is_split_concat_not_scatter():
 
 def _timm_fasternet_t0_shapes() -> dict[str, tuple[int, ...]]:
     """timm/models/fasternet.py layout for embed 40, depths (1, 2, 8, 2)."""
-    shapes = {"patch_embed.proj.weight": (40, 3, 4, 4), **_bn("patch_embed.norm", 40)}
+    shapes = {"patch_embed.proj.weight": (40, 3, 4, 4), **bn_keys("patch_embed.norm", 40)}
     for i, depth in enumerate((1, 2, 8, 2)):
         dim = 40 * 2**i
         if i > 0:  # the merge layer lives at the *start* of stage i in timm
             shapes[f"stages.{i}.downsample.reduction.weight"] = (dim, dim // 2, 2, 2)
-            shapes.update(_bn(f"stages.{i}.downsample.norm", dim))
+            shapes.update(bn_keys(f"stages.{i}.downsample.norm", dim))
         for j in range(depth):
             p = f"stages.{i}.blocks.{j}"
             shapes[f"{p}.spatial_mixing.partial_conv3.weight"] = (dim // 4, dim // 4, 3, 3)
             shapes[f"{p}.mlp.0.weight"] = (2 * dim, dim, 1, 1)
-            shapes.update(_bn(f"{p}.mlp.1", 2 * dim))
+            shapes.update(bn_keys(f"{p}.mlp.1", 2 * dim))
             shapes[f"{p}.mlp.3.weight"] = (dim, 2 * dim, 1, 1)
     shapes["conv_head.weight"] = (1280, 320, 1, 1)
     shapes["classifier.weight"] = (1000, 1280)
@@ -117,7 +106,7 @@ def _timm_fasternet_t0_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def test_timm_fasternet_state_dict_loads_strictly(t0):
-    sd = _synthetic(_timm_fasternet_t0_shapes())
+    sd = synthetic(_timm_fasternet_t0_shapes())
     model = copy.deepcopy(t0)
     remapped = get_model_info("fasternet_t0").remap_state_dict(sd)
     model.load_state_dict(remapped, strict=True)

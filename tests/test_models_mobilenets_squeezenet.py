@@ -11,6 +11,7 @@ import io
 
 import pytest
 import torch
+from published_keys import bn_keys, load_published, synthetic
 from torch import nn
 
 from edgecompile.flops import count_params
@@ -20,27 +21,7 @@ from edgecompile.models.mobilenet_v2 import InvertedResidual
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2")
 
 
-def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
 
-
-def _synthetic(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {k: (torch.tensor(7) if s == () else torch.randn(s, generator=g))
-            for k, s in shapes.items()}
-
-
-def _load_published(name: str, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
-    model = create_model(name)
-    sd = _synthetic(shapes)
-    remapped = get_model_info(name).remap_state_dict(sd)
-    model.load_state_dict(remapped, strict=True)  # raises on any missing/unexpected/misshaped key
-    # the values really landed where they should (not just the keys)
-    ours = model.state_dict()
-    for k, v in remapped.items():
-        assert torch.equal(ours[k], v), k
-    return model
 
 
 # ------------------------------------------------------------------ registry / sizes
@@ -124,7 +105,7 @@ def test_squeezenet_torchvision_checkpoint_loads():
                    f"{p}.expand1x1.weight": (ex, sq, 1, 1), f"{p}.expand1x1.bias": (ex,),
                    f"{p}.expand3x3.weight": (ex, sq, 3, 3), f"{p}.expand3x3.bias": (ex,)}
     shapes |= {"classifier.1.weight": (1000, 512, 1, 1), "classifier.1.bias": (1000,)}
-    _load_published("squeezenet1_1", shapes)
+    load_published("squeezenet1_1", shapes)
 
 
 # ------------------------------------------------------------------ MobileNet V1
@@ -132,13 +113,13 @@ def test_squeezenet_torchvision_checkpoint_loads():
 
 def _timm_mobilenetv1_shapes(stem: int, stages: list[tuple[int, int]]) -> dict:
     """timm mobilenetv1_* keys: conv_stem/bn1, blocks.i.j.{conv_dw,bn1,conv_pw,bn2}, classifier."""
-    shapes = {"conv_stem.weight": (stem, 3, 3, 3), **_bn("bn1", stem)}
+    shapes = {"conv_stem.weight": (stem, 3, 3, 3), **bn_keys("bn1", stem)}
     cin = stem
     for i, (cout, n) in enumerate(stages):
         for j in range(n):
             p = f"blocks.{i}.{j}"
-            shapes |= {f"{p}.conv_dw.weight": (cin, 1, 3, 3), **_bn(f"{p}.bn1", cin),
-                       f"{p}.conv_pw.weight": (cout, cin, 1, 1), **_bn(f"{p}.bn2", cout)}
+            shapes |= {f"{p}.conv_dw.weight": (cin, 1, 3, 3), **bn_keys(f"{p}.bn1", cin),
+                       f"{p}.conv_pw.weight": (cout, cin, 1, 1), **bn_keys(f"{p}.bn2", cout)}
             cin = cout
     shapes |= {"classifier.weight": (1000, cin), "classifier.bias": (1000,)}
     return shapes
@@ -146,9 +127,9 @@ def _timm_mobilenetv1_shapes(stem: int, stages: list[tuple[int, int]]) -> dict:
 
 def test_mobilenet_v1_timm_checkpoint_loads():
     stages = [(64, 1), (128, 2), (256, 2), (512, 6), (1024, 2)]
-    _load_published("mobilenet_v1_100", _timm_mobilenetv1_shapes(32, stages))
+    load_published("mobilenet_v1_100", _timm_mobilenetv1_shapes(32, stages))
     quarter = [(c // 4, n) for c, n in stages]
-    _load_published("mobilenet_v1_025", _timm_mobilenetv1_shapes(8, quarter))
+    load_published("mobilenet_v1_025", _timm_mobilenetv1_shapes(8, quarter))
 
 
 def test_mobilenet_v1_structure():
@@ -213,41 +194,41 @@ def test_mobilenet_v2_channels_and_head():
 
 
 def _torchvision_mobilenetv2_shapes(stem: int, stages: list[tuple[int, int]], head: int) -> dict:
-    shapes = {"features.0.0.weight": (stem, 3, 3, 3), **_bn("features.0.1", stem)}
+    shapes = {"features.0.0.weight": (stem, 3, 3, 3), **bn_keys("features.0.1", stem)}
     cin, idx = stem, 1
     for s, (cout, n) in enumerate(stages):
         for _ in range(n):
             p = f"features.{idx}.conv"
             if s == 0:
-                shapes |= {f"{p}.0.0.weight": (cin, 1, 3, 3), **_bn(f"{p}.0.1", cin),
-                           f"{p}.1.weight": (cout, cin, 1, 1), **_bn(f"{p}.2", cout)}
+                shapes |= {f"{p}.0.0.weight": (cin, 1, 3, 3), **bn_keys(f"{p}.0.1", cin),
+                           f"{p}.1.weight": (cout, cin, 1, 1), **bn_keys(f"{p}.2", cout)}
             else:
                 h = cin * 6
-                shapes |= {f"{p}.0.0.weight": (h, cin, 1, 1), **_bn(f"{p}.0.1", h),
-                           f"{p}.1.0.weight": (h, 1, 3, 3), **_bn(f"{p}.1.1", h),
-                           f"{p}.2.weight": (cout, h, 1, 1), **_bn(f"{p}.3", cout)}
+                shapes |= {f"{p}.0.0.weight": (h, cin, 1, 1), **bn_keys(f"{p}.0.1", h),
+                           f"{p}.1.0.weight": (h, 1, 3, 3), **bn_keys(f"{p}.1.1", h),
+                           f"{p}.2.weight": (cout, h, 1, 1), **bn_keys(f"{p}.3", cout)}
             cin, idx = cout, idx + 1
-    shapes |= {f"features.{idx}.0.weight": (head, cin, 1, 1), **_bn(f"features.{idx}.1", head),
+    shapes |= {f"features.{idx}.0.weight": (head, cin, 1, 1), **bn_keys(f"features.{idx}.1", head),
                "classifier.1.weight": (1000, head), "classifier.1.bias": (1000,)}
     return shapes
 
 
 def _timm_mobilenetv2_shapes(stem: int, stages: list[tuple[int, int]], head: int) -> dict:
-    shapes = {"conv_stem.weight": (stem, 3, 3, 3), **_bn("bn1", stem)}
+    shapes = {"conv_stem.weight": (stem, 3, 3, 3), **bn_keys("bn1", stem)}
     cin = stem
     for s, (cout, n) in enumerate(stages):
         for j in range(n):
             p = f"blocks.{s}.{j}"
             if s == 0:  # timm's DepthwiseSeparableConv
-                shapes |= {f"{p}.conv_dw.weight": (cin, 1, 3, 3), **_bn(f"{p}.bn1", cin),
-                           f"{p}.conv_pw.weight": (cout, cin, 1, 1), **_bn(f"{p}.bn2", cout)}
+                shapes |= {f"{p}.conv_dw.weight": (cin, 1, 3, 3), **bn_keys(f"{p}.bn1", cin),
+                           f"{p}.conv_pw.weight": (cout, cin, 1, 1), **bn_keys(f"{p}.bn2", cout)}
             else:  # timm's InvertedResidual
                 h = cin * 6
-                shapes |= {f"{p}.conv_pw.weight": (h, cin, 1, 1), **_bn(f"{p}.bn1", h),
-                           f"{p}.conv_dw.weight": (h, 1, 3, 3), **_bn(f"{p}.bn2", h),
-                           f"{p}.conv_pwl.weight": (cout, h, 1, 1), **_bn(f"{p}.bn3", cout)}
+                shapes |= {f"{p}.conv_pw.weight": (h, cin, 1, 1), **bn_keys(f"{p}.bn1", h),
+                           f"{p}.conv_dw.weight": (h, 1, 3, 3), **bn_keys(f"{p}.bn2", h),
+                           f"{p}.conv_pwl.weight": (cout, h, 1, 1), **bn_keys(f"{p}.bn3", cout)}
             cin = cout
-    shapes |= {"conv_head.weight": (head, cin, 1, 1), **_bn("bn2", head),
+    shapes |= {"conv_head.weight": (head, cin, 1, 1), **bn_keys("bn2", head),
                "classifier.weight": (1000, head), "classifier.bias": (1000,)}
     return shapes
 
@@ -259,19 +240,19 @@ _V2_140 = (48, [(24, 1), (32, 2), (48, 3), (88, 4), (136, 3), (224, 3), (448, 1)
 
 def test_mobilenet_v2_torchvision_checkpoint_loads_identity():
     shapes = _torchvision_mobilenetv2_shapes(*_V2_100)
-    sd = _synthetic(shapes)
+    sd = synthetic(shapes)
     assert get_model_info("mobilenet_v2_100").remap_state_dict(sd).keys() == sd.keys()
-    _load_published("mobilenet_v2_100", shapes)
+    load_published("mobilenet_v2_100", shapes)
 
 
 @pytest.mark.parametrize(("name", "cfg"), [
     ("mobilenet_v2_100", _V2_100), ("mobilenet_v2_050", _V2_050), ("mobilenet_v2_140", _V2_140),
 ])
 def test_mobilenet_v2_timm_checkpoint_remaps(name, cfg):
-    model = _load_published(name, _timm_mobilenetv2_shapes(*cfg))
+    model = load_published(name, _timm_mobilenetv2_shapes(*cfg))
     # Same-shaped tensors (e.g. the two BNs of the hidden width) could be swapped and still
     # load, so check where each kind of timm module lands, by value.
-    sd = _synthetic(_timm_mobilenetv2_shapes(*cfg))
+    sd = synthetic(_timm_mobilenetv2_shapes(*cfg))
     ours = model.state_dict()
     expected = {
         "conv_stem.weight": "features.0.0.weight",
@@ -296,7 +277,7 @@ def test_mobilenet_v2_timm_checkpoint_remaps(name, cfg):
 
 
 def test_mobilenet_v2_remap_rejects_unknown_timm_keys():
-    sd = _synthetic(_timm_mobilenetv2_shapes(*_V2_050))
+    sd = synthetic(_timm_mobilenetv2_shapes(*_V2_050))
     sd["blocks.1.0.se.conv_reduce.weight"] = torch.zeros(1)
     with pytest.raises(KeyError, match="se.conv_reduce"):
         get_model_info("mobilenet_v2_050").remap_state_dict(sd)

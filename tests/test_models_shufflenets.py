@@ -12,34 +12,13 @@ import io
 
 import pytest
 import torch
+from published_keys import bn_keys, load_published, synthetic
 from torch import nn
 
 from edgecompile.flops import count_params
 from edgecompile.models import create_model, get_model_info, list_models
 from edgecompile.models.shufflenet_v1 import channel_shuffle_v1
 from edgecompile.models.shufflenet_v2 import channel_shuffle
-
-
-def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
-
-
-def _synthetic(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {k: (torch.tensor(7) if s == () else torch.randn(s, generator=g))
-            for k, s in shapes.items()}
-
-
-def _load_published(name: str, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
-    model = create_model(name)
-    sd = _synthetic(shapes)
-    remapped = get_model_info(name).remap_state_dict(sd)
-    model.load_state_dict(remapped, strict=True)
-    ours = model.state_dict()
-    for k, v in remapped.items():
-        assert torch.equal(ours[k], v), k
-    return model
 
 
 def _channels(x: torch.Tensor) -> list[int]:
@@ -80,7 +59,7 @@ def test_v1_variants_registered():
 def _megvii_v1_shapes(groups: int, widths: tuple[int, int, int, int]) -> dict:
     """megvii ShuffleNetV1 keys: first_conv.{0,1}, features.N.branch_main_{1,2}, classifier.0."""
     stem, *stages = widths
-    shapes = {"first_conv.0.weight": (stem, 3, 3, 3), **_bn("first_conv.1", stem)}
+    shapes = {"first_conv.0.weight": (stem, 3, 3, 3), **bn_keys("first_conv.1", stem)}
     cin, idx = stem, 0
     for s, (cout, repeats) in enumerate(zip(stages, (4, 8, 4), strict=True)):
         for i in range(repeats):
@@ -89,11 +68,11 @@ def _megvii_v1_shapes(groups: int, widths: tuple[int, int, int, int]) -> dict:
             g1 = 1 if (s == 0 and i == 0) else groups
             p = f"features.{idx}"
             shapes |= {f"{p}.branch_main_1.0.weight": (mid, cin // g1, 1, 1),
-                       **_bn(f"{p}.branch_main_1.1", mid),
+                       **bn_keys(f"{p}.branch_main_1.1", mid),
                        f"{p}.branch_main_1.3.weight": (mid, 1, 3, 3),
-                       **_bn(f"{p}.branch_main_1.4", mid),
+                       **bn_keys(f"{p}.branch_main_1.4", mid),
                        f"{p}.branch_main_2.0.weight": (main_out, mid // groups, 1, 1),
-                       **_bn(f"{p}.branch_main_2.1", main_out)}
+                       **bn_keys(f"{p}.branch_main_2.1", main_out)}
             cin, idx = cout, idx + 1
     shapes["classifier.0.weight"] = (1000, cin)  # no bias in megvii's classifier
     return shapes
@@ -108,11 +87,11 @@ def _megvii_v1_shapes(groups: int, widths: tuple[int, int, int, int]) -> dict:
 ])
 def test_v1_megvii_checkpoint_loads(name, groups, widths):
     shapes = _megvii_v1_shapes(groups, widths)
-    sd = _synthetic(shapes)
+    sd = synthetic(shapes)
     remapped = get_model_info(name).remap_state_dict(sd)
     assert remapped.keys() == sd.keys()  # names match: identity
     assert all(remapped[k] is sd[k] for k in sd)  # ... and values are not touched
-    _load_published(name, shapes)
+    load_published(name, shapes)
 
 
 def test_v1_first_stage2_unit_is_not_grouped():
@@ -169,22 +148,22 @@ def test_v1_half_width_g2_g4_are_group_divisible(name, widths):
 def _torchvision_v2_shapes(widths: tuple[int, int, int, int, int]) -> dict:
     """torchvision ShuffleNetV2 keys: conv1, stage2-4 (branch1 / branch2), conv5, fc."""
     stem, *stages, last = widths
-    shapes = {"conv1.0.weight": (stem, 3, 3, 3), **_bn("conv1.1", stem)}
+    shapes = {"conv1.0.weight": (stem, 3, 3, 3), **bn_keys("conv1.1", stem)}
     cin = stem
     for s, (cout, repeats) in enumerate(zip(stages, (4, 8, 4), strict=True)):
         half = cout // 2
         for i in range(repeats):
             p = f"stage{s + 2}.{i}"
             if i == 0:
-                shapes |= {f"{p}.branch1.0.weight": (cin, 1, 3, 3), **_bn(f"{p}.branch1.1", cin),
+                shapes |= {f"{p}.branch1.0.weight": (cin, 1, 3, 3), **bn_keys(f"{p}.branch1.1", cin),
                            f"{p}.branch1.2.weight": (half, cin, 1, 1),
-                           **_bn(f"{p}.branch1.3", half)}
+                           **bn_keys(f"{p}.branch1.3", half)}
             shapes |= {f"{p}.branch2.0.weight": (half, cin if i == 0 else half, 1, 1),
-                       **_bn(f"{p}.branch2.1", half),
-                       f"{p}.branch2.3.weight": (half, 1, 3, 3), **_bn(f"{p}.branch2.4", half),
-                       f"{p}.branch2.5.weight": (half, half, 1, 1), **_bn(f"{p}.branch2.6", half)}
+                       **bn_keys(f"{p}.branch2.1", half),
+                       f"{p}.branch2.3.weight": (half, 1, 3, 3), **bn_keys(f"{p}.branch2.4", half),
+                       f"{p}.branch2.5.weight": (half, half, 1, 1), **bn_keys(f"{p}.branch2.6", half)}
             cin = cout
-    shapes |= {"conv5.0.weight": (last, cin, 1, 1), **_bn("conv5.1", last),
+    shapes |= {"conv5.0.weight": (last, cin, 1, 1), **bn_keys("conv5.1", last),
                "fc.weight": (1000, last), "fc.bias": (1000,)}
     return shapes
 
@@ -207,7 +186,7 @@ def test_v2_torchvision_keys_shapes_and_counts(name):
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == shapes  # same keys, same order-independent shapes
     assert count_params(model) == n_params
-    _load_published(name, shapes)
+    load_published(name, shapes)
 
 
 def test_v2_split_unit_passes_half_through():

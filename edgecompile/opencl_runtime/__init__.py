@@ -57,14 +57,13 @@ _LOADED_PATH: Path | None = None
 
 
 def default_lib_dir() -> Path:
-    """Cache directory of the host build: ``$EDGECOMPILE_CACHE_DIR`` or ~/.cache/edgecompile,
-    then ``opencl_runtime/<hash of sources, compiler and header paths>``."""
+    """Cache directory of the host build: ``edgecompile.paths.cache_dir()``, then
+    ``opencl_runtime/<hash of sources, compiler and header paths>``."""
+    from edgecompile.paths import cache_dir
+
     from .build import source_digest
 
-    base = os.environ.get("EDGECOMPILE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgecompile"
-    )
-    return Path(base) / "opencl_runtime" / source_digest()
+    return cache_dir() / "opencl_runtime" / source_digest()
 
 
 def ensure_built(lib_dir: Path | None = None) -> Path:
