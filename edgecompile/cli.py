@@ -36,6 +36,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
         weights=args.weights, num_classes=args.num_classes, seed=args.seed,
         native_host=args.native_host, library_format=args.library_format,
+        use_records=not args.no_records,
     ))
     print(artifact.path)
     return 0
@@ -133,6 +134,32 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from edgecompile import tuning
+
+    result = tuning.tune(tuning.TuneOptions(
+        model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
+        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        threads=args.threads, root=args.records_dir, seed=args.seed,
+    ))
+    print(json.dumps(result.to_dict()) if args.format == "json" else tuning.format_tasks(result))
+    return 0
+
+
+def _cmd_device(args: argparse.Namespace) -> int:
+    from edgecompile import emulated_device as emu
+
+    if args.device_command == "prepare":
+        print(emu.prepare(args.root, mirror=args.mirror))
+        return 0
+    if args.device_command == "cores":
+        print("\n".join(emu.qemu_cpus()))
+        return 0
+    core, key = emu.resolve_core(args.core, args.target, args.tracker, args.key)
+    return emu.serve(core, args.port, args.tracker, key, args.root, host=args.host,
+                     restart=not args.no_restart)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from edgecompile import listing
     from edgecompile.artifact import Artifact
@@ -171,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
                    help="so: linked library (default); tar: object files to link on another machine")
     s.add_argument("--native-host", action="store_true",
                    help="GPU presets: host code for this machine, to run the kernels here (e.g. pocl)")
+    s.add_argument("--no-records", action="store_true",
+                   help="ignore tuning records (default: apply those for this preset and CPU)")
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("verify", help="run an artifact against its PyTorch model")
@@ -227,6 +256,40 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bench-time", type=float, default=1.0, help="bench at least this long, s")
     s.add_argument("--format", **fmt)
     s.set_defaults(func=_cmd_matrix)
+
+    s = sub.add_parser("tune", help="MetaSchedule-tune a model's kernels; `build` applies the records")
+    s.add_argument("model", help="a model name from `edgecompile list`")
+    s.add_argument("--target", required=True, help="a CPU preset from `edgecompile targets`, or a .toml")
+    s.add_argument("--trials", type=int, default=2000, help="total trials, shared evenly by the tasks")
+    s.add_argument("--trials-per-task", type=int, help="trials for each task (overrides the share)")
+    s.add_argument("--input-size", type=int, help="square input resolution (default: the variant's)")
+    s.add_argument("--threads", type=int, help="cores the model will run on (default: all here)")
+    s.add_argument("--records-dir", type=Path,
+                   help="records root (default: $EDGECOMPILE_TUNING_DIR or the repo's tuning/)")
+    s.add_argument("--seed", type=int, help="search seed")
+    s.add_argument("--format", **fmt)
+    _add_device_flags(s)
+    s.set_defaults(func=_cmd_tune)
+
+    s = sub.add_parser("device", help="an emulated arm64 device (qemu) running a TVM RPC server")
+    dsub = s.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    root_help = "rootfs directory (default: $EDGECOMPILE_CACHE/arm64-rootfs)"
+    d = dsub.add_parser("prepare", help="build the arm64 rootfs with TVM in it (idempotent)")
+    d.add_argument("--root", type=Path, help=root_help)
+    d.add_argument("--mirror", help="Debian mirror (default: this machine's apt mirror)")
+    d = dsub.add_parser("start", help="run an RPC server in the device, in the foreground")
+    which = d.add_mutually_exclusive_group(required=True)
+    which.add_argument("--core", help="qemu CPU to pin, e.g. cortex-a72 (see `device cores`)")
+    which.add_argument("--target", help="a target preset: its device_core, and its rpc_key as --key")
+    d.add_argument("--port", type=int, help="server port (default: a free one)")
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    d.add_argument("--tracker", help="register with this RPC tracker, HOST:PORT")
+    d.add_argument("--key", help="device key under the tracker")
+    d.add_argument("--no-restart", action="store_true",
+                   help="exit when an RPC session crashes instead of restarting the server")
+    d.add_argument("--root", type=Path, help=root_help)
+    dsub.add_parser("cores", help="the CPU models qemu can pin")
+    s.set_defaults(func=_cmd_device)
 
     s = sub.add_parser("info", help="show an artifact's manifest")
     s.add_argument("artifact", type=Path)

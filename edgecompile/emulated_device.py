@@ -718,6 +718,19 @@ def _start_once(core: str, port: int, tracker: str | None, key: str | None, root
 # foreground serving (scripts/emulated_device.py start, and the CLI)
 
 
+def resolve_core(core: str | None, target: str | None, tracker: str | None,
+                 key: str | None) -> tuple[str, str | None]:
+    """(qemu core, tracker key) from --core, or from a target preset's device_core / rpc_key."""
+    if not target:
+        return core, key
+    from edgecompile.targets import get_target
+
+    preset = get_target(target)
+    if not preset.device_core:
+        raise EdgeCompileError(f"target '{preset.name}' has no device_core to emulate")
+    return preset.device_core, key or (preset.rpc_key if tracker else None) or None
+
+
 def serve(core: str, port: int | None = None, tracker: str | None = None,
           key: str | None = None, root: Path | None = None, *, host: str = "127.0.0.1",
           restart: bool = True, stream=None) -> int:

@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
         a = Artifact.load(args.artifact)
         device = DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key)
-        session = tvm_backend.open_session(device) if not device.is_local else None
-        emit("leased", server=session[1] if session else "local")
+        if device.is_local:
+            session = None
+            emit("leased", server="local")
+        else:
+            session = tvm_backend.open_session(device, on_lease=lambda s: emit("leased", server=s))
         model, cold = load_timed(a, device, session)
         bench = bench_artifact(a, device, BenchOptions(warmup=args.warmup, min_time_s=args.min_time,
                                                        min_runs=args.min_runs), loaded=(model, cold))

@@ -48,6 +48,9 @@ class MatrixOptions:
     warmup: int = 2
 
 
+MAX_AVOIDED_LEASES = 5
+
+
 @dataclass
 class Job:
     model: str
@@ -55,6 +58,7 @@ class Job:
     key: str  # the target's RPC key
     artifact: Path | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    avoided: int = 0  # leases handed back because they named a server that already failed
 
     @property
     def id(self) -> str:
@@ -90,6 +94,7 @@ class Farm:
         self.total = 0
         self.durations: list[float] = []
         self.records: list[dict[str, Any]] = []
+        self.bad_servers: set[str] = set()  # died or froze during this run
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self) -> list[Job]:
@@ -137,6 +142,7 @@ class Farm:
         for job in jobs:
             queues[job.key].put(job)
         self.alive = dict(workers)
+        self.unfinished = {k: sum(j.key == k for j in jobs) for k in workers}
         threads = [threading.Thread(target=self._worker, args=(k, queues[k]), daemon=True)
                    for k, n in workers.items() for _ in range(n)]
         self.started = time.monotonic()
@@ -154,9 +160,12 @@ class Farm:
     def _worker(self, key: str, jobs: queue.Queue) -> None:
         while True:
             try:
-                job = jobs.get_nowait()
+                job = jobs.get(timeout=0.5)
             except queue.Empty:
-                return
+                with self.lock:  # a job another worker is running may still come back
+                    if self.unfinished[key] == 0:
+                        return
+                continue
             with self.lock:
                 self.running += 1
             result, device_lost = self._attempt(job)
@@ -164,6 +173,9 @@ class Farm:
                 self.running -= 1
             if result is not None:
                 self._finish(job, result)
+                continue
+            if device_lost is None:  # a lease on a known-bad server, handed back
+                jobs.put(job)
                 continue
             if len(job.attempts) < self.opts.attempts:
                 jobs.put(job)  # another device, or this one again, gets it next
@@ -174,8 +186,9 @@ class Farm:
                     self.alive[key] -= 1  # this worker's device is gone; the others go on
                     return
 
-    def _attempt(self, job: Job) -> tuple[dict[str, Any] | None, bool]:
-        """One try of ``job``; (result, device_lost)."""
+    def _attempt(self, job: Job) -> tuple[dict[str, Any] | None, bool | None]:
+        """One try of ``job``: (result, device_lost); device_lost None means the lease named a
+        server that already failed this run, and was handed back without using an attempt."""
         o = self.opts
         argv = [sys.executable, "-m", "edgecompile.farm_job", str(job.artifact),
                 "--min-time", str(o.bench_min_time_s), "--min-runs", str(o.bench_min_runs),
@@ -195,9 +208,17 @@ class Farm:
                 _kill(proc)
                 phase = "running" if server else "waiting for a device"
                 job.attempts.append({"server": server, "error": f"timed out {phase}"})
+                if server:
+                    self.bad_servers.add(server)
                 return None, server is not None
             if ev.get("event") == "leased":
                 server, deadline = ev["server"], time.monotonic() + o.job_timeout_s
+                # The tracker may offer a frozen server again (it still holds its connection):
+                # hand such a lease back a few times rather than burn the job's attempts on it.
+                if server in self.bad_servers and job.avoided < MAX_AVOIDED_LEASES:
+                    _kill(proc)
+                    job.avoided += 1
+                    return None, None
             elif ev.get("event") == "result":
                 proc.wait()
                 return ev, False
@@ -205,7 +226,10 @@ class Farm:
                 _kill(proc)
                 msg = ev.get("message") or f"job process exited ({proc.returncode}): {ev.get('stderr', '')}"
                 job.attempts.append({"server": server, "error": msg})
-                return None, server is not None and not self._still_registered(job.key, server)
+                lost = server is not None and not self._still_registered(job.key, server)
+                if lost:
+                    self.bad_servers.add(server)
+                return None, lost
 
     def _still_registered(self, key: str, server: str) -> bool:
         if not self.opts.tracker:
@@ -228,6 +252,8 @@ class Farm:
         with self.lock:
             append_jsonl(self.opts.results, rec)
             self.records.append(rec)
+            if job.key in getattr(self, "unfinished", {}):
+                self.unfinished[job.key] -= 1
             if result:
                 self.done += 1
             else:

@@ -218,9 +218,10 @@ def _device(tvm_or_session, device: str):
     return getattr(tvm_or_session, attr)(0)
 
 
-def open_session(spec):
+def open_session(spec, on_lease=None):
     """(RPC session, "host:port" of the server it reached) for a DeviceSpec: a direct server,
-    or a device leased from a tracker under the spec's key."""
+    or a device leased from a tracker under the spec's key. ``on_lease(server)`` is called as
+    soon as the server is known, before connecting (a frozen server hangs the handshake)."""
     from tvm import rpc
 
     from edgecompile.device import check_reachable, parse_hostport
@@ -228,6 +229,8 @@ def open_session(spec):
     if spec.rpc:
         check_reachable(spec.rpc, "RPC server", spec.timeout_s)
         host, port = parse_hostport(spec.rpc, "--rpc")
+        if on_lease:
+            on_lease(spec.rpc)
         try:
             return rpc.connect(host, port, session_timeout=0), spec.rpc
         except Exception as e:
@@ -246,14 +249,14 @@ def open_session(spec):
             f"(keys there: {known})"
         )
     try:
-        return _lease(tracker, spec.key)
+        return _lease(tracker, spec.key, on_lease)
     except Exception as e:
         raise EdgeCompileError(
             f"tracker {spec.tracker} gave no working device for key '{spec.key}': {_first_line(e)}"
         ) from None
 
 
-def _lease(tracker, key: str):
+def _lease(tracker, key: str, on_lease=None):
     """TrackerSession.request, keeping the address of the server the tracker picked (the
     farm records which device ran each job). Same protocol as TVM's client: REQUEST, then
     connect with the match key. Blocks until a device under ``key`` is free."""
@@ -267,6 +270,8 @@ def _lease(tracker, key: str):
     if value[0] != base.TrackerCode.SUCCESS:
         raise RuntimeError(f"tracker answered {value!s}")
     url, port, matchkey = value[1]
+    if on_lease:
+        on_lease(f"{url}:{port}")
     return rpc.connect(url, port, matchkey, 0), f"{url}:{port}"
 
 

@@ -89,7 +89,7 @@ def test_a_frozen_device_times_out_and_the_job_moves(tmp_path, farm):
         os.killpg(b.proc.pid, signal.SIGCONT)
     on_disk = _records(tmp_path / "r.jsonl")
     assert sorted(r["model"] for r in on_disk) == sorted(MODELS)
-    assert all(r["status"] == "ok" for r in on_disk)
+    assert all(r["status"] == "ok" for r in on_disk), [(r["model"], r["failed_attempts"]) for r in on_disk]
     timeouts = [att for r in on_disk for att in r["failed_attempts"]]
     assert len(timeouts) == 1 and "timed out running" in timeouts[0]["error"]
 

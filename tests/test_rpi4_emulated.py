@@ -1,0 +1,34 @@
+"""rpi4 artifacts of every family run on the emulated Raspberry Pi 4 over RPC and match PyTorch.
+(Emulation is ~20x slower than a real Pi: functional checks only, never latency.)"""
+
+import subprocess
+import sys
+
+import pytest
+
+from edgecompile.build import BuildOptions, build
+from edgecompile.device import DeviceSpec
+from edgecompile.models import list_families, list_models
+from edgecompile.verify import verify
+
+pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
+ONE_PER_FAMILY = [list_models(f)[0] for f in list_families()]
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_every_family_on_the_emulated_rpi4(name, tmp_path, emulated_rpi4):
+    a = build(BuildOptions(name, "rpi4", output_dir=tmp_path, input_size=64), quiet=True)
+    r = verify(a.path, samples=2, device=DeviceSpec(rpc=emulated_rpi4.address))
+    assert r.ok and r.tvm.top1_agreement == 1.0, (r.onnx, r.tvm)
+
+
+def test_fasternet_t0_rpi4_at_224_through_the_cli(tmp_path, emulated_rpi4):
+    cli = [sys.executable, "-m", "edgecompile"]
+    r = subprocess.run(cli + ["build", "fasternet_t0", "--target", "rpi4", "-o", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    artifact = r.stdout.strip()
+    r = subprocess.run(cli + ["verify", artifact, "--samples", "1", "--rpc", emulated_rpi4.address],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    assert f"RPC server {emulated_rpi4.address}" in r.stdout
