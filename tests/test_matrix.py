@@ -83,7 +83,7 @@ def test_a_frozen_device_times_out_and_the_job_moves(tmp_path, farm):
     tracker, a, b = farm
     watcher = _when_both_busy(tracker, lambda: os.killpg(b.proc.pid, signal.SIGSTOP))
     try:
-        run_matrix(_opts(tmp_path, tracker.address, job_timeout_s=20))
+        run_matrix(_opts(tmp_path, tracker.address, job_timeout_s=45))
     finally:
         watcher.join(timeout=1)
         os.killpg(b.proc.pid, signal.SIGCONT)
