@@ -15,11 +15,10 @@ APT_PACKAGES=(
   pocl-opencl-icd         # an OpenCL device on the CPU, to run the mali/adreno kernels here
   ocl-icd-libopencl1
   clinfo
-  qemu-user-static        # the emulated arm64 device (scripts/emulated_device.py) ...
+  qemu-user-static        # the emulated arm64 device (edgecompile device) ...
   debootstrap             # ... its Debian arm64 rootfs
   debian-archive-keyring  # ... verified against Debian's keys (not preinstalled on Ubuntu)
   fakeroot                # ... built without root when setup runs as a user
-  binfmt-support          # optional: lets the host exec aarch64 binaries directly
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -44,7 +43,7 @@ step "Python packages (pinned by constraints.txt)"
 "$PYTHON" -m edgecompile --help >/dev/null
 
 step "emulated arm64 device: Debian arm64 rootfs + aarch64 TVM (cached; about a minute the first time)"
-"$PYTHON" scripts/emulated_device.py prepare
+"$PYTHON" -m edgecompile device prepare
 
 if [ "${1:-}" = "--no-demo" ]; then
   exit 0
