@@ -104,6 +104,8 @@ def effective_preset(opts: BuildOptions) -> TargetPreset:
 def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
     info = get_model_info(opts.model)  # unknown names fail here, before any work
     preset = effective_preset(opts)
+    if opts.weights is not None and not Path(opts.weights).is_file():
+        raise UsageError(f"--weights {opts.weights}: no such file")
     meta = checkpoint_meta(Path(opts.weights)) if opts.weights else {}
     if meta.get("model", info.name) != info.name:
         raise UsageError(f"--weights {opts.weights} is a checkpoint of {meta['model']}, not {info.name}")

@@ -14,7 +14,7 @@ def run(*args, cwd=None):
 
 @pytest.mark.parametrize("args, closest", [
     (["build", "fastrnet_t0", "--target", "x86"], "fasternet_t0"),
-    (["build", "mobilenet_v2_100", "--target", "rpi5x"], "rpi4"),
+    (["build", "mobilenet_v2_100", "--target", "rpi4b"], "rpi4"),
     (["build", "squeezenet1_2", "--target", "x86"], "squeezenet1_1"),
     (["list", "--family", "mobilenetv2"], "mobilenet_v2"),
 ])
