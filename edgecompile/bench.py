@@ -8,12 +8,10 @@ on the host: upload + load + first inference, the cost a user pays once.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ import numpy as np
 from edgecompile import numerics, tvm_backend
 from edgecompile.artifact import Artifact
 from edgecompile.device import DeviceSpec
+from edgecompile.results import record_header
 from edgecompile.verify import load_artifact_model
 
 AFFINITIES = ("default", "big", "little", "all")
@@ -82,15 +81,7 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
 
     stats = latency_stats(samples)
     macs = a.manifest["model"]["macs_counted"]
-    return {
-        "kind": "bench",
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": a.manifest["model"]["name"],
-        "family": a.manifest["model"]["family"],
-        "target": a.manifest["target"]["preset"],
-        "device": device.describe(),
-        "server": model.server,
-        "artifact": str(a.path),
+    return record_header("bench", a, device.describe(), model.server) | {
         "input_shape": list(shape),
         "threads": threads,
         "affinity": opts.affinity,
@@ -125,15 +116,3 @@ def format_report(r: dict[str, Any]) -> str:
         ("throughput", f"{r['gflops']:.2f} GFLOP/s achieved ({r['macs'] / 1e6:.1f}M MACs)"),
     ]
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one result as a JSON line; a line is written whole or not at all (O_APPEND)."""
-    import json
-
-    line = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)

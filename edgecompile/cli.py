@@ -74,6 +74,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgecompile import bench
     from edgecompile.build import build_or_reuse
     from edgecompile.progress import Ticker
+    from edgecompile.results import append_jsonl
 
     device = _device(args)
     artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
@@ -88,7 +89,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         record["compare"] = compare.compare_engines(artifact, args.compare.split(","),
                                                     threads=record["threads"])
     if args.results:
-        bench.append_jsonl(args.results, record)
+        append_jsonl(args.results, record)
     print(json.dumps(record) if args.format == "json" else bench.format_report(record))
     if args.compare and args.format != "json":
         from edgecompile import compare
@@ -99,9 +100,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from edgecompile import evaluate
-    from edgecompile.bench import append_jsonl
     from edgecompile.build import build_or_reuse
     from edgecompile.progress import Ticker
+    from edgecompile.results import append_jsonl
 
     device = _device(args)
     artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)

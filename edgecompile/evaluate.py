@@ -8,7 +8,6 @@ logit difference. An image that cannot be decoded is counted and listed, not fat
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from edgecompile.build import ModelSpec
 from edgecompile.dataset import scan
 from edgecompile.device import DeviceSpec
 from edgecompile.preprocess import Preprocess
+from edgecompile.results import record_header
 from edgecompile.verify import load_artifact_model
 
 
@@ -83,15 +83,7 @@ def evaluate(a: Artifact, data: Path, device: DeviceSpec | None = None,
                      time.perf_counter() - start)
 
     pct = {k: (100.0 * v / done if done else 0.0) for k, v in hits.items()}
-    return {
-        "kind": "eval",
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": a.manifest["model"]["name"],
-        "family": a.manifest["model"]["family"],
-        "target": a.manifest["target"]["preset"],
-        "device": device.describe(),
-        "server": model.server,
-        "artifact": str(a.path),
+    return record_header("eval", a, device.describe(), model.server) | {
         "data": str(data),
         "layout": images.layout,
         "images": done,

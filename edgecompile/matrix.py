@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.bench import append_jsonl
 from edgecompile.build import build_or_reuse
 from edgecompile.errors import EdgeCompileError, UsageError
+from edgecompile.results import append_jsonl
 from edgecompile.targets import get_target
 
 
