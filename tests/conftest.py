@@ -6,6 +6,12 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def default_subset(items, default) -> list:
+    """All ``items`` as parameters; those not in ``default`` carry the ``slow`` mark, so the
+    default run keeps a representative few and `-m slow` covers the rest."""
+    return [pytest.param(i, marks=() if i in default else pytest.mark.slow) for i in items]
+
+
 @pytest.fixture(scope="session")
 def emulated_rpi4():
     """One emulated Raspberry Pi 4 (qemu pinned to cortex-a72) for the whole run: a real

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import default_subset
 
 from edgecompile.build import BuildOptions, build
 from edgecompile.device import DeviceSpec
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.tvm
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = sorted((REPO / "checkpoints" / "digits").glob("*.pth"))
 EMULATED_IMAGES = 120  # emulation is slow; the comparison with PyTorch is on the same images
+# Off-host targets in the default run: two families (the rest under -m slow, ~2 min each).
+DEFAULT_OFF_HOST = {"mobilenet_v1_025", "shufflenet_v2_x0_5"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,9 @@ def test_x86_artifact_scores_like_pytorch(ckpt, digits, tmp_path):
 
 
 @pytest.mark.rpc
-@pytest.mark.parametrize("ckpt", CHECKPOINTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("ckpt", default_subset(CHECKPOINTS, {c for c in CHECKPOINTS
+                                                              if c.stem in DEFAULT_OFF_HOST}),
+                         ids=lambda p: p.stem)
 def test_rpi4_artifact_on_the_emulated_device(ckpt, digits, tmp_path, emulated_rpi4):
     a = build(BuildOptions(ckpt.stem, "rpi4", output_dir=tmp_path, weights=ckpt), quiet=True)
     e = evaluate(a, digits, DeviceSpec(rpc=emulated_rpi4.address), EvalOptions(limit=EMULATED_IMAGES))
@@ -64,7 +69,9 @@ def test_rpi4_artifact_on_the_emulated_device(ckpt, digits, tmp_path, emulated_r
 
 
 @pytest.mark.opencl
-@pytest.mark.parametrize("ckpt", CHECKPOINTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("ckpt", default_subset(CHECKPOINTS, {c for c in CHECKPOINTS
+                                                              if c.stem in DEFAULT_OFF_HOST}),
+                         ids=lambda p: p.stem)
 def test_mali_artifact_on_pocl(ckpt, digits, tmp_path):
     a = build(BuildOptions(ckpt.stem, "mali", output_dir=tmp_path, weights=ckpt, native_host=True),
               quiet=True)

@@ -39,8 +39,16 @@ def opencl_server(pocl_cache, tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize("target", ["mali", "adreno"])
-@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+# mali: every family in the default run; adreno's kernels come from the same GPU schedules,
+# so two families by default and the rest under -m slow.
+ADRENO_DEFAULT = {"mobilenet_v1_100", "fasternet_t0"}
+CASES = [("mali", n) for n in ONE_PER_FAMILY] + [
+    pytest.param("adreno", n, marks=() if n in ADRENO_DEFAULT else pytest.mark.slow)
+    for n in ONE_PER_FAMILY
+]
+
+
+@pytest.mark.parametrize("target, name", CASES)
 def test_gpu_artifact_on_pocl_locally_and_over_rpc(name, target, tmp_path, opencl_server):
     a = build(BuildOptions(name, target, output_dir=tmp_path, input_size=SIZE, native_host=True),
               quiet=True)
