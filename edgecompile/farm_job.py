@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=1.0)
     p.add_argument("--min-runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--lease-timeout", type=float, default=3600.0, help="wait for a free device, s")
     args = p.parse_args(argv)
     try:
         from edgecompile import tvm_backend
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         from edgecompile.evaluate import EvalOptions, evaluate
 
         a = Artifact.load(args.artifact)
-        device = DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key)
+        # The farm decides how long a busy device may be waited for.
+        device = DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key,
+                            timeout_s=args.lease_timeout)
         if device.is_local:
             session = None
             emit("leased", server="local")

@@ -192,7 +192,7 @@ class Farm:
         o = self.opts
         argv = [sys.executable, "-m", "edgecompile.farm_job", str(job.artifact),
                 "--min-time", str(o.bench_min_time_s), "--min-runs", str(o.bench_min_runs),
-                "--warmup", str(o.warmup)]
+                "--warmup", str(o.warmup), "--lease-timeout", str(o.lease_timeout_s)]
         argv += ["--tracker", o.tracker, "--key", job.key] if o.tracker else []
         argv += ["--data", str(o.data)] if o.data else []
         argv += ["--limit", str(o.limit)] if o.limit else []

@@ -232,7 +232,11 @@ def open_session(spec, on_lease=None):
         if on_lease:
             on_lease(spec.rpc)
         try:
-            return rpc.connect(host, port, session_timeout=0), spec.rpc
+            session = _within(spec.timeout_s, lambda: rpc.connect(host, port, session_timeout=0),
+                              f"RPC server {spec.rpc} accepted the connection but did not answer")
+            return session, spec.rpc
+        except EdgeCompileError:
+            raise
         except Exception as e:
             raise EdgeCompileError(
                 f"RPC server {spec.rpc} refused the session: {_first_line(e)}"
@@ -249,11 +253,37 @@ def open_session(spec, on_lease=None):
             f"(keys there: {known})"
         )
     try:
-        return _lease(tracker, spec.key, on_lease)
+        return _within(spec.timeout_s, lambda: _lease(tracker, spec.key, on_lease),
+                       f"no device under key '{spec.key}' at tracker {spec.tracker} answered")
+    except EdgeCompileError:
+        raise
     except Exception as e:
         raise EdgeCompileError(
             f"tracker {spec.tracker} gave no working device for key '{spec.key}': {_first_line(e)}"
         ) from None
+
+
+def _within(timeout_s: float, call, what: str):
+    """``call()`` or a one-line error after ``timeout_s``: TVM's client blocks forever on a
+    server that accepts a connection and then never answers (frozen, or wedged)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise EdgeCompileError(f"{what} within {timeout_s:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _lease(tracker, key: str, on_lease=None):

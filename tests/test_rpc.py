@@ -77,3 +77,19 @@ def test_cli_verify_over_rpc_and_connection_error(x86_artifact, farm):
                        text=True, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "cannot reach RPC server" in r.stderr
+
+
+def test_a_server_that_never_answers_times_out_in_one_line(x86_artifact, tmp_path):
+    import os
+    import signal
+    import time
+
+    with start_native_server(tmp_path) as server:
+        os.killpg(server.proc.pid, signal.SIGSTOP)  # the port still accepts; nobody answers
+        try:
+            t = time.monotonic()
+            with pytest.raises(EdgeCompileError, match="did not answer within 5s"):
+                verify(x86_artifact.path, device=DeviceSpec(rpc=server.address, timeout_s=5))
+            assert time.monotonic() - t < 30
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
