@@ -57,3 +57,12 @@ def test_gpu_artifact_on_pocl_locally_and_over_rpc(name, target, tmp_path, openc
     assert local.ok, (local.onnx, local.tvm)
     remote = verify(a.path, samples=2, device=DeviceSpec(rpc=opencl_server.address))
     assert remote.ok and opencl_server.address in remote.where, remote.tvm
+
+
+@pytest.mark.parametrize("target", ["mali", "adreno"])
+def test_a_family_at_224_on_pocl(target, tmp_path, pocl_cache):
+    a = build(BuildOptions("mobilenet_v2_100", target, output_dir=tmp_path, native_host=True),
+              quiet=True)
+    assert a.manifest["input"]["shape"] == [1, 3, 224, 224]
+    r = verify(a.path, samples=1)
+    assert r.ok, (r.onnx, r.tvm)
