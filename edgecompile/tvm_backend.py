@@ -75,11 +75,57 @@ def import_onnx(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...])
         raise EdgeCompileError(f"TVM could not import the ONNX graph: {str(e).splitlines()[0]}") from e
 
 
+GUARDED = "guarded"  # our GPU pipeline: dlight rules that fail pass the function on
+
+
 def compile_module(mod, target, pipeline: str = "default"):
     """Relax module -> executable. The "default" pipeline legalises, fuses and, for GPU
-    targets, applies dlight's GPU schedules (thread binding) to every kernel."""
+    targets, applies dlight's GPU schedules (thread binding) to every kernel. On a GPU target
+    where that fails inside a dlight rule, the guarded pipeline is used instead."""
     tvm = _tvm()
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    if pipeline == GUARDED:
+        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    except AssertionError:
+        # Seen: dlight's GEMV rule asserts on a small classifier kernel (10 classes at 32 px)
+        # and takes the whole compile down with it.
+        if pipeline != "default" or "gpu" not in [str(k) for k in target.keys]:
+            raise
+        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+
+
+def _guarded_gpu_pipeline(target):
+    """TVM's generic GPU pipeline, except that a dlight rule which raises on a function is
+    skipped for it (the next rule, at worst Fallback, schedules it). A function no rule can
+    schedule stays host code, which device_kernels() then reports."""
+    tvm = _tvm()
+    from tvm.relax.backend.gpu_generic import pipeline as gpu
+    from tvm.s_tir import dlight as dl
+
+    class Guarded(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:
+                return None
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback()]
+    legalize = gpu.legalize_passes(target)[:-1] + [dl.ApplyDefaultSchedule(*map(Guarded, rules))]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                gpu.library_dispatch_passes(target) + legalize
+                + gpu.dataflow_lower_passes(target) + gpu.finalize_passes(target)
+            )(mod)
+
+    return _pipeline
 
 
 NDK = "ndk"  # the cross_compiler value that means TVM's Android NDK linker
