@@ -44,6 +44,10 @@ class BuildOptions:
     # preset's GPU kernels run here (e.g. on pocl) for testing.
     native_host: bool = False
     library_format: str = "so"  # "so": linked library; "tar": objects, linked elsewhere
+    # Apply tuning records for this preset + CPU (tuning/<preset>-<cpu>/). Opt-in for now:
+    # checking a model against the records costs a task extraction (5-10 s) even when none
+    # match, and only mobilenet_v2_100 is tuned so far.
+    use_records: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,11 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
     with art.atomic_directory(final_dir) as tmp:
         onnx.save(folded, tmp / art.ONNX_FILE)
         with progress.stage("compile", f"TVM {tvm_backend.version()} for {preset.target['kind']}"):
-            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / library)
+            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / library,
+                               use_records=opts.use_records)
+        if lib.tuning.get("records"):
+            progress.note(f"tuning records {lib.tuning['records']}: "
+                          f"{lib.tuning['tasks_matched']}/{lib.tuning['tasks_total']} tasks tuned")
         if lib.kernels:
             progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
         manifest = _manifest(info, spec, preset, lib, exported, folded, report, model,
@@ -185,7 +193,7 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded
             "bn_as_affine": report.affine,
             "stage_seconds": dict(timings),
         },
-        "tuning": {"records": None},
+        "tuning": lib.tuning,
         "versions": {
             "edgecompile": edgecompile.__version__, "tvm": tvm_backend.version(),
             "onnx": onnx.__version__, "torch": torch.__version__, "numpy": np.__version__,

@@ -36,6 +36,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
         weights=args.weights, num_classes=args.num_classes, seed=args.seed,
         native_host=args.native_host, library_format=args.library_format,
+        use_records=args.records,
     ))
     print(artifact.path)
     return 0
@@ -134,6 +135,18 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from edgecompile import tuning
+
+    result = tuning.tune(tuning.TuneOptions(
+        model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
+        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
+    ))
+    print(json.dumps(result.to_dict()) if args.format == "json" else tuning.format_tasks(result))
+    return 0
+
+
 def _cmd_device(args: argparse.Namespace) -> int:
     from edgecompile import emulated_device as emu
 
@@ -186,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
                    help="so: linked library (default); tar: object files to link on another machine")
     s.add_argument("--native-host", action="store_true",
                    help="GPU presets: host code for this machine, to run the kernels here (e.g. pocl)")
+    s.add_argument("--records", action="store_true",
+                   help="apply the tuning records for this preset and CPU (see `edgecompile tune`)")
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("verify", help="run an artifact against its PyTorch model")
@@ -242,6 +257,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bench-time", type=float, default=1.0, help="bench at least this long, s")
     s.add_argument("--format", **fmt)
     s.set_defaults(func=_cmd_matrix)
+
+    s = sub.add_parser("tune", help="MetaSchedule-tune a model's kernels; `build` applies the records")
+    s.add_argument("model", help="a model name from `edgecompile list`")
+    s.add_argument("--target", required=True, help="a CPU preset from `edgecompile targets`, or a .toml")
+    s.add_argument("--trials", type=int, default=2000, help="total trials, shared evenly by the tasks")
+    s.add_argument("--trials-per-task", type=int, help="trials for each task (overrides the share)")
+    s.add_argument("--input-size", type=int, help="square input resolution (default: the variant's)")
+    s.add_argument("--focus", type=int, metavar="N",
+                   help="tune only the N tasks costing the most time (per the records so far)")
+    s.add_argument("--threads", type=int, help="cores the model will run on (default: all here)")
+    s.add_argument("--records-dir", type=Path,
+                   help="records root (default: $EDGECOMPILE_TUNING_DIR or the repo's tuning/)")
+    s.add_argument("--seed", type=int, help="search seed")
+    s.add_argument("--format", **fmt)
+    _add_device_flags(s)
+    s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("device", help="an emulated arm64 device (qemu) running a TVM RPC server")
     dsub = s.add_subparsers(dest="device_command", required=True, metavar="ACTION")

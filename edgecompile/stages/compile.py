@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import onnx
 from edgecompile import tvm_backend
 from edgecompile.errors import EdgeCompileError
 from edgecompile.targets import TargetPreset
+from edgecompile.tuning import compile_with_records
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class CompiledLibrary:
     path: Path
     target: dict[str, Any]  # the full TVM target, as TVM canonicalised it (host included)
     kernels: dict[str, Any]  # GPU targets: device-kernel report (see tvm_backend.device_kernels)
+    tuning: dict[str, Any] = field(default_factory=lambda: {"records": None})  # manifest "tuning"
 
 
 def compile_onnx(
@@ -27,9 +29,14 @@ def compile_onnx(
     preset: TargetPreset,
     out_path: Path,
     pipeline: str = "default",
+    use_records: bool = True,
 ) -> CompiledLibrary:
     target = tvm_backend.make_target(preset.target, preset.host)
-    mod = tvm_backend.import_onnx(model, input_name, input_shape)
+    # Tuning records for this preset on this CPU (see edgecompile.tuning), if any match.
+    mod, tuning = (compile_with_records(model, input_name, input_shape, preset, target)
+                   if use_records else (None, {"records": None, "reason": "not requested"}))
+    if mod is None:
+        mod = tvm_backend.import_onnx(model, input_name, input_shape)
     executable = tvm_backend.compile_module(mod, target, pipeline)
     kernels = tvm_backend.device_kernels(executable, preset.device)
     if kernels and kernels["on_host"]:
@@ -41,7 +48,7 @@ def compile_onnx(
     tvm_backend.export_library(executable, out_path, preset.cross_compiler)
     if kernels and out_path.suffix == ".so":
         _check_source_embedded(out_path, kernels)
-    return CompiledLibrary(out_path, tvm_backend.target_to_dict(target), kernels)
+    return CompiledLibrary(out_path, tvm_backend.target_to_dict(target), kernels, tuning)
 
 
 def _check_source_embedded(lib: Path, kernels: dict[str, Any]) -> None:

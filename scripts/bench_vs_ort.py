@@ -1,0 +1,79 @@
+"""TVM (with this host's tuning records) vs ONNX Runtime vs PyTorch, per model.
+
+    python scripts/bench_vs_ort.py mobilenet_v2_100 squeezenet1_1 [--target x86] [--threads 2]
+
+Builds each model (applying the records in tuning/<preset>-<cpu>/ when they match), runs
+edgecompile.compare.compare_engines (interleaved rounds, same thread count for every engine),
+prints a table and one JSON line per model (also appended to --results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecompile import compare
+from edgecompile.build import BuildOptions, build
+from edgecompile.listing import as_table
+
+FLAGSHIPS = ["squeezenet1_1", "mobilenet_v1_100", "mobilenet_v2_100", "shufflenet_v1_g3",
+             "shufflenet_v2_x1_0", "fasternet_t0", "mobilenext_100"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help=f"default: the flagships ({', '.join(FLAGSHIPS)})")
+    p.add_argument("--target", default="x86")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--rounds", type=int, default=compare.ROUNDS)
+    p.add_argument("--runs-per-round", type=int, default=compare.RUNS_PER_ROUND)
+    p.add_argument("--no-records", action="store_true", help="build without tuning records")
+    p.add_argument("--engines", default="onnxruntime,torch", help="compared with TVM (default: both)")
+    p.add_argument("-o", "--output", type=Path, default=Path("build/bench_vs_ort"))
+    p.add_argument("--results", type=Path, help="append the JSON lines here too")
+    args = p.parse_args(argv)
+
+    rows, records = [], []
+    for name in args.models or FLAGSHIPS:
+        a = build(BuildOptions(name, args.target, output_dir=args.output, input_size=args.input_size,
+                               use_records=not args.no_records), quiet=True)
+        tuning = a.manifest.get("tuning") or {}
+        r = compare.compare_engines(a, args.engines.split(","), threads=args.threads,
+                                    rounds=args.rounds, runs_per_round=args.runs_per_round)
+        e = r["engines"]
+        nan = {"median_ms": float("nan"), "tvm_ratio": float("nan"), "gflops": float("nan")}
+        e.setdefault("onnxruntime", nan)
+        e.setdefault("torch", nan)
+        rec = {
+            "model": name, "target": args.target, "input_size": a.manifest["input"]["shape"][-1],
+            "threads": r["threads"], "runs_each": r["runs_each"],
+            "tuning_records": tuning.get("records"),
+            "tasks_tuned": f"{tuning.get('tasks_matched', 0)}/{tuning.get('tasks_total', '?')}",
+            "tvm_ms": e["tvm"]["median_ms"], "ort_ms": e["onnxruntime"]["median_ms"],
+            "torch_ms": e["torch"]["median_ms"],
+            "tvm_over_ort": e["onnxruntime"]["tvm_ratio"], "tvm_over_torch": e["torch"]["tvm_ratio"],
+            "tvm_gflops": e["tvm"]["gflops"], "ort_gflops": e["onnxruntime"]["gflops"],
+            "torch_gflops": e["torch"]["gflops"],
+        }
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+        if args.results:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.results, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        rows.append({
+            "model": name, "tuned": rec["tasks_tuned"], "TVM ms": round(rec["tvm_ms"], 2),
+            "ORT ms": round(rec["ort_ms"], 2), "torch ms": round(rec["torch_ms"], 2),
+            "TVM/ORT": round(rec["tvm_over_ort"], 2), "TVM/torch": round(rec["tvm_over_torch"], 2),
+            "TVM GFLOP/s": round(rec["tvm_gflops"], 1), "ORT GFLOP/s": round(rec["ort_gflops"], 1),
+        })
+    print(f"\n{args.target}, {args.threads} threads, median of interleaved runs:")
+    print(as_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

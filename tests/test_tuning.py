@@ -1,0 +1,104 @@
+"""MetaSchedule tuning: records really measured, stored per target + CPU, resumed, applied by
+build (and said so in the manifest), and never applied to another CPU.
+
+The tiny run tunes the two heaviest tasks of SqueezeNet 1.1 at 64x64 with a handful of trials
+and no cost model, into a temporary records root (never the repository's tuning/).
+"""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from edgecompile import tuning
+from edgecompile.build import BuildOptions, build
+from edgecompile.targets import get_target
+from edgecompile.verify import verify
+
+# Real MetaSchedule runs (a few trials each): not in the default run while tuning is young.
+pytestmark = [pytest.mark.tvm, pytest.mark.slow]
+
+MODEL, SIZE, TASKS, TRIALS = "squeezenet1_1", 64, 2, 4
+
+
+def _opts(root, **kw):
+    return tuning.TuneOptions(MODEL, "x86", trials_per_task=TRIALS, input_size=SIZE, root=root,
+                              max_tasks=TASKS, trials_per_iter=TRIALS, cost_model="random",
+                              search="replay-trace", seed=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("records")
+    first = tuning.tune(_opts(root))
+    return root, first
+
+
+def test_tiny_tuning_really_measures(tuned):
+    root, r = tuned
+    assert r.trials_run == TASKS * TRIALS
+    assert r.valid > 0, "no candidate built and ran: tuning measured nothing"
+    measured = [t for t in r.tasks if t["best_ms"] is not None]
+    assert len(measured) == TASKS
+    assert all(0 < t["best_ms"] < 1000 for t in measured)
+
+
+def test_records_land_in_the_per_cpu_database(tuned):
+    root, r = tuned
+    preset = get_target("x86")
+    d = tuning.records_dir(preset, root)
+    assert r.directory == d
+    assert d.name == f"x86-{tuning.target_key(preset)['mcpu']}" and d.name != "x86-native"
+    lines = (d / "database_tuning_record.json").read_text().splitlines()
+    assert len(lines) >= r.valid
+    key = json.loads((d / tuning.KEY_FILE).read_text())
+    assert key["target"] == tuning.target_key(preset)
+
+
+def test_resumed_run_reuses_records(tuned):
+    root, first = tuned
+    names = tuple(t["task"] for t in first.tasks)
+    again = tuning.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names))
+    assert again.trials_run == 0  # every task already has its budget
+    assert [t["trials"] for t in again.tasks] == [t["trials"] for t in first.tasks]
+    more = tuning.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names,
+                                           trials_per_task=TRIALS + 2, seed=1))
+    assert 0 < more.trials_run <= TASKS * 2  # only the rest of the larger budget
+
+
+def test_build_applies_records_and_says_so(tuned, tmp_path, monkeypatch):
+    root, _ = tuned
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(root))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path, input_size=SIZE, use_records=True),
+              quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] == str(tuning.records_dir(get_target("x86"), root))
+    assert t["tasks_matched"] >= TASKS and t["tasks_total"] > t["tasks_matched"] - 1
+    r = verify(a.path, samples=2)  # tuned kernels (and pre-packed weights) still agree
+    assert r.ok, (r.onnx, r.tvm)
+
+
+def test_records_for_another_cpu_are_not_applied(tuned, tmp_path, monkeypatch):
+    root, _ = tuned
+    here = tuning.records_dir(get_target("x86"), root)
+    # Another CPU's preset looks in its own directory ...
+    assert tuning.records_dir(get_target("x86-avx512"), root) != here
+    # ... and a directory whose key names another CPU is refused even under the right name.
+    other = tmp_path / "other"
+    shutil.copytree(here, other / here.name)
+    key = json.loads((other / here.name / tuning.KEY_FILE).read_text())
+    key["target"]["mcpu"] = "skylake-avx512"
+    (other / here.name / tuning.KEY_FILE).write_text(json.dumps(key))
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(other))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "b", input_size=SIZE,
+                           use_records=True), quiet=True)
+    assert a.manifest["tuning"]["records"] is None
+    assert "skylake-avx512" in a.manifest["tuning"]["reason"]
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_tuning_makes_it_faster(tmp_path):
+    """A real workload: 16 trials for each task of MobileNetV2 at 224 (some 10 minutes here)."""
+    r = tuning.tune(tuning.TuneOptions("mobilenet_v2_100", "x86", trials_per_task=16, root=tmp_path))
+    assert not r.untuned and r.valid > 0.5 * r.trials_run
