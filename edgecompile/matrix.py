@@ -95,6 +95,8 @@ class Farm:
         self.durations: list[float] = []
         self.records: list[dict[str, Any]] = []
         self.bad_servers: set[str] = set()  # died or froze during this run
+        self.alive: dict[str, int] = {}  # key -> workers still running
+        self.unfinished: dict[str, int] = {}  # key -> jobs without a final result yet
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self) -> list[Job]:
@@ -252,7 +254,7 @@ class Farm:
         with self.lock:
             append_jsonl(self.opts.results, rec)
             self.records.append(rec)
-            if job.key in getattr(self, "unfinished", {}):
+            if job.key in self.unfinished:
                 self.unfinished[job.key] -= 1
             if result:
                 self.done += 1
