@@ -113,6 +113,16 @@ class Farm:
         """key -> workers: the devices registered under each key the jobs need."""
         keys = sorted({j.key for j in jobs})
         if not self.opts.tracker:
+            from edgecompile import tvm_backend
+
+            def here(target: str) -> bool:
+                preset = get_target(target)
+                return preset.device == "cpu" and tvm_backend.can_run_here(preset.target)
+
+            elsewhere = sorted({j.target for j in jobs if not here(j.target)})
+            if elsewhere:
+                raise UsageError(f"target(s) {', '.join(elsewhere)} do not run on this host: give "
+                                 "--tracker HOST:PORT with devices registered under their keys")
             return {k: 1 for k in keys}
         from edgecompile import tvm_backend
 

@@ -114,3 +114,11 @@ def test_model_lists_expand_families():
     assert expand_models(["shufflenet_v2", "squeezenet1_1"]) == (
         "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
         "squeezenet1_1")
+
+
+def test_targets_this_host_cannot_run_need_a_tracker(tmp_path):
+    from edgecompile.errors import UsageError
+
+    with pytest.raises(UsageError, match="rpi4 do not run on this host.*--tracker"):
+        run_matrix(_opts(tmp_path, None, targets=("x86", "rpi4")))
+    assert not (tmp_path / "build").exists()  # refused before building anything
