@@ -44,10 +44,9 @@ class BuildOptions:
     # preset's GPU kernels run here (e.g. on pocl) for testing.
     native_host: bool = False
     library_format: str = "so"  # "so": linked library; "tar": objects, linked elsewhere
-    # Apply tuning records for this preset + CPU (tuning/<preset>-<cpu>/). Opt-in for now:
-    # checking a model against the records costs a task extraction (5-10 s) even when none
-    # match, and only mobilenet_v2_100 is tuned so far.
-    use_records: bool = False
+    # Apply the tuning records for this preset + CPU (tuning/<preset>-<cpu>/) when this model
+    # graph was tuned into them; a lookup of the graph's fingerprint, free when it was not.
+    use_records: bool = True
 
 
 @dataclass(frozen=True)

@@ -32,19 +32,29 @@ from edgecompile.targets import TargetPreset
 
 KEY_FILE = "key.json"
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
+# Graph fingerprint -> the model tuned into this database. A build looks its graph up here
+# first: a dictionary lookup instead of a task extraction (5-10 s) for the many models that
+# were never tuned, which is what lets `build` apply records by default.
+MODELS_FILE = "models.json"
 KEEP_PER_TASK = 8  # best records kept per task when compacting (the rest only cost repo space)
 KEY_VERSION = 1
 # How modules are prepared for tuning (must be the same at build time). Pre-packing lets
 # MetaSchedule choose each kernel's weight layout; the weights are transformed once at build.
 DEFAULT_LAYOUT = "NCHW"
 DEFAULT_PREPACK = True
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_root() -> Path:
+    """The records shipped with the package: the repo's tuning/, installed as edgecompile.records."""
+    from edgecompile import records
+
+    return Path(records.__file__).resolve().parent
 
 
 def tuning_root() -> Path:
-    """Where the per-target databases live: $EDGECOMPILE_TUNING_DIR, else the repo's tuning/."""
+    """Where the per-target databases live: $EDGECOMPILE_TUNING_DIR, else the shipped ones."""
     env = os.environ.get("EDGECOMPILE_TUNING_DIR")
-    return Path(env) if env else REPO_ROOT / "tuning"
+    return Path(env) if env else shipped_root()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +119,37 @@ def find_records(preset: TargetPreset, root: Path | None = None) -> RecordMatch:
     if key.get("target") != target_key(preset) or key.get("version") != KEY_VERSION:
         return RecordMatch(None, f"records at {d} are for {key.get('target')}, not {target_key(preset)}")
     return RecordMatch(d, "key matches", key)
+
+
+def graph_fingerprint(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> str:
+    """A hash of what the kernels depend on -- operators, attributes, shapes -- and not of the
+    weights' values: a seeded init, a checkpoint or retrained weights share their records."""
+    import hashlib
+
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for init in skeleton.graph.initializer:
+        for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+            init.ClearField(f)
+    skeleton.ClearField("producer_version")
+    h = hashlib.sha256(skeleton.SerializeToString(deterministic=True))
+    h.update(repr(tuple(input_shape)).encode())
+    return h.hexdigest()[:16]
+
+
+def read_models(directory: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads((directory / MODELS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _register_model(directory: Path, fingerprint: str, name: str, shape, tasks: int) -> None:
+    models = read_models(directory)
+    models[fingerprint] = {"model": name, "input_shape": list(shape), "tasks": tasks}
+    tmp = directory / (MODELS_FILE + ".tmp")
+    tmp.write_text(json.dumps(models, indent=1, sort_keys=True) + "\n")
+    tmp.replace(directory / MODELS_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +352,7 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     directory = records_dir(preset, opts.root)
     database = tt.open_database(directory)
     _write_key(directory, preset, opts.layout, opts.prepack, threads)
+    _register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
     if opts.only:
         tasks = [t for t in tasks if t.name in opts.only]
     if opts.max_tasks:
@@ -391,6 +433,9 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     match = find_records(preset, root)
     if match.directory is None:
         return None, {"records": None, "reason": match.reason}
+    if graph_fingerprint(model, input_shape) not in read_models(match.directory):
+        return None, {"records": None, "searched": _display_path(match.directory),
+                      "reason": "this model graph (at this input size) was not tuned for this CPU"}
     from edgecompile import tvm_tuning as tt
 
     key = match.key or {}
@@ -411,6 +456,6 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
 
 def _display_path(p: Path) -> str:
     try:
-        return str(Path(p).resolve().relative_to(REPO_ROOT))
+        return str(Path(p).resolve().relative_to(shipped_root().parent))
     except ValueError:
         return str(p)

@@ -1,0 +1,87 @@
+"""The shipped tuning records: installed with the package, looked up by graph fingerprint, and
+applied by a default `build` of a model tuned for this CPU.
+
+The fingerprint is what makes records-by-default cheap (a hash instead of a task extraction),
+so it must ignore what kernels do not depend on (weight values) and see what they do (shapes).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edgecompile import tuning
+from edgecompile.build import BuildOptions, build
+from edgecompile.targets import get_target
+
+SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fp(name, size, seed=0):
+    model, shape, _ = tuning.final_onnx(name, size, seed=seed)
+    return tuning.graph_fingerprint(model, shape)
+
+
+def test_fingerprint_ignores_weights_and_sees_shapes():
+    a = _fp("shufflenet_v2_x0_5", SIZE)
+    assert a == _fp("shufflenet_v2_x0_5", SIZE, seed=1)
+    assert a != _fp("shufflenet_v2_x0_5", SIZE + 32)
+    assert a != _fp("shufflenet_v2_x1_0", SIZE)
+
+
+def test_shipped_records_are_keyed_by_preset_and_cpu():
+    shipped = [d for d in tuning.shipped_root().iterdir() if (d / tuning.KEY_FILE).is_file()]
+    assert shipped, f"no records under {tuning.shipped_root()}"
+    for d in shipped:
+        key = json.loads((d / tuning.KEY_FILE).read_text())
+        assert d.name == f"{key['preset']}-{key['target']['mcpu'] or key['target']['mtriple']}"
+        assert (d / "database_tuning_record.json").stat().st_size > 0
+
+
+def test_the_wheel_carries_the_records_inside_the_package(tmp_path):
+    """edgecompile/records/<preset>-<cpu>/*.json in the wheel, and no top-level package of
+    ours but edgecompile. Built from a copy, so setuptools' build/ stays out of the repo."""
+    src = tmp_path / "src"
+    for part in ("pyproject.toml", "README.md", "edgecompile", "models", "targets", "tuning"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, src / part)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("edgecompile-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in (REPO / "tuning").glob("*/*.json"):
+        assert f"edgecompile/records/{f.parent.name}/{f.name}" in names
+    assert "edgecompile/models/fasternet.py" in names and "edgecompile/targets/rpi4.toml" in names
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"edgecompile"}
+
+
+@pytest.mark.parametrize("directory", sorted(p.name for p in tuning.shipped_root().glob("*/")
+                                             if (p / tuning.MODELS_FILE).is_file()))
+def test_every_shipped_model_still_fingerprints_the_same(directory):
+    """An export change (torch, onnxsim, our stages) would silently orphan the records."""
+    models = tuning.read_models(tuning.shipped_root() / directory)
+    assert models
+    for fp, entry in models.items():
+        size = entry["input_shape"][-1]
+        assert _fp(entry["model"], size) == fp, f"{entry['model']} at {size} no longer matches"
+
+
+def test_a_model_never_tuned_skips_the_records_at_no_cost(tmp_path, monkeypatch):
+    # A database for this CPU that holds another model: the build must not extract tasks.
+    d = tuning.records_dir(get_target("x86"), tmp_path)
+    d.mkdir(parents=True)
+    (d / "database_tuning_record.json").write_text("")
+    key = {"version": tuning.KEY_VERSION, "preset": "x86", "target": tuning.target_key(get_target("x86")),
+           "layout": "NCHW", "prepack": True, "tuned_threads": 2}
+    (d / tuning.KEY_FILE).write_text(json.dumps(key))
+    (d / tuning.MODELS_FILE).write_text(json.dumps({"0" * 16: {"model": "x", "input_shape": [1]}}))
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(tmp_path))
+    a = build(BuildOptions("squeezenet1_1", "x86", output_dir=tmp_path / "out", input_size=SIZE),
+              quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] is None and "not tuned" in t["reason"] and t["searched"] == str(d)
