@@ -2,8 +2,22 @@ import os
 
 import pytest
 
-# Tests share the 2 cores with TVM's own thread pool; keep PyTorch from oversubscribing.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The run is spread over pytest-xdist workers, one per core (pyproject's addopts): each worker
+# then runs TVM, PyTorch and ONNX Runtime on one thread, or their thread pools (TVM's spins
+# while it waits) would fight over the same cores. A run without workers keeps two threads.
+# Set here, before any runtime starts; RPC servers started by tests inherit it.
+_THREADS = "1" if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else "2"
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+os.environ.setdefault("TVM_NUM_THREADS", _THREADS)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests on the shared emulated Pi go to one worker (xdist's loadgroup), so the run boots
+    one emulated device, not one per worker."""
+    for item in items:
+        if "emulated_rpi4" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("emulated_rpi4"))
 
 
 def default_subset(items, default) -> list:
