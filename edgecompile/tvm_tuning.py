@@ -303,6 +303,27 @@ def _connect_direct(_rpc_config, host: str, port: int):
     return rpc.connect(host, port, session_timeout=0)
 
 
+def _alloc_arguments(session, device, args_info, alloc_repeat):
+    """Candidates' inputs for a remote device: filled there by TVM's random fill when the
+    device has it, else filled here and uploaded. A runtime-only TVM install (a board's
+    ``pip install apache-tvm`` without the compiler library) does not load the random fill,
+    and MetaSchedule's default then fails every measurement."""
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    try:
+        fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+    except AttributeError:
+        rng = np.random.default_rng(0)
+
+        def fill(arr):  # values do not matter for timing; integers stay small (indices)
+            data = (rng.uniform(-1, 1, arr.shape) if "float" in str(arr.dtype)
+                    else rng.integers(0, 2, arr.shape))
+            arr.copyfrom(data.astype(str(arr.dtype)))
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
 def make_rpc_runner(tracker: str | None, key: str | None, rpc: str | None, workers: int,
                     number: int = 3, repeat: int = 1, min_repeat_ms: int = 50, timeout_s: float = 120):
     """Candidates measured on remote devices: every device under ``key`` at ``tracker`` in
@@ -317,13 +338,17 @@ def make_rpc_runner(tracker: str | None, key: str | None, rpc: str | None, worke
         f_session = None
     else:
         host, port = parse_hostport(rpc, "--rpc")
-        config = ms.runner.RPCConfig(tracker_host="-", tracker_port=0, tracker_key="-",
+        # No tracker: f_create_session connects directly. RPCConfig still insists on tracker
+        # fields (an unset one is looked up in the environment and raises), so it gets the
+        # server's own address, which nothing reads.
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct",
                                      session_timeout_sec=int(timeout_s))
         f_session = functools.partial(_connect_direct, host=host, port=port)
         workers = 1
     return ms.runner.RPCRunner(rpc_config=config,
                                evaluator_config=_evaluator(number, repeat, min_repeat_ms),
-                               f_create_session=f_session, max_workers=max(1, workers))
+                               f_create_session=f_session, f_alloc_argument=_alloc_arguments,
+                               max_workers=max(1, workers))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_the_wheel_carries_the_records_inside_the_package(tmp_path):
     """edgecompile/records/<preset>-<cpu>/*.json in the wheel, and no top-level package of
     ours but edgecompile. Built from a copy, so setuptools' build/ stays out of the repo."""
     src = tmp_path / "src"
+    src.mkdir()
     for part in ("pyproject.toml", "README.md", "edgecompile", "models", "targets", "tuning"):
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, src / part)

@@ -11,6 +11,8 @@ import pytest
 from edgecompile import tuning
 from edgecompile.build import BuildOptions, build
 from edgecompile.device import DeviceSpec
+from edgecompile.rpc_services import start_native_server, start_tracker
+from edgecompile.targets import get_target
 from edgecompile.verify import verify
 
 pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
@@ -33,3 +35,18 @@ def test_tune_on_the_emulated_pi_then_the_tuned_artifact_verifies(tmp_path, emul
     assert t["records"] == str(r.directory) and t["tasks_matched"] >= 1, t
     v = verify(a.path, samples=2, device=DeviceSpec(rpc=emulated_rpi4.address))
     assert v.ok and v.tvm.top1_agreement == 1.0, (v.onnx, v.tvm)
+
+
+def test_tune_through_a_tracker_key_on_two_devices(tmp_path):
+    """The farm form: every server under the key measures candidates (here two native servers
+    on this CPU behind a real tracker); the records are the same per-CPU database."""
+    logs = tmp_path / "logs"
+    with start_tracker(logs) as tracker, \
+            start_native_server(logs, tracker=tracker.address, key="x86-farm"), \
+            start_native_server(logs, tracker=tracker.address, key="x86-farm"):
+        r = tuning.tune(tuning.TuneOptions(
+            MODEL, "x86", trials_per_task=TRIALS, input_size=SIZE, root=tmp_path / "records",
+            max_tasks=TASKS, trials_per_iter=TRIALS, cost_model="random", search="replay-trace",
+            seed=0, tracker=tracker.address, key="x86-farm"))
+    assert r.trials_run == TASKS * TRIALS and r.valid > 0
+    assert r.directory == tuning.records_dir(get_target("x86"), tmp_path / "records")
