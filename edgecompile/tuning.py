@@ -381,6 +381,10 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                 workers = max(1, tvm_backend.tracker_key_counts(opts.tracker).get(opts.key, 0))
             runner = tt.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
         else:
+            # Candidates run in worker processes whose TVM pool is sized from this variable
+            # (TVM's own x86 default is half the CPUs): measure with the threads the records
+            # are for, key.json's tuned_threads.
+            os.environ["TVM_NUM_THREADS"] = str(threads)
             runner = tt.make_local_runner()
         tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
                       lambda s, i: printer(s, i, done_before), _log_dir(directory),

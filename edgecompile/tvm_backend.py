@@ -20,7 +20,28 @@ import onnx
 from edgecompile.errors import EdgeCompileError
 
 
+def physical_cores() -> int:
+    """Cores this process may use, SMT siblings counted once: what ONNX Runtime and PyTorch
+    run on by default."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
 def _tvm():
+    # TVM sizes its CPU thread pool once, from TVM_NUM_THREADS or, on x86, *half* the logical
+    # CPUs (it assumes SMT): a 2-core VM without SMT got one thread, and config_threadpool
+    # cannot grow the pool later, so `--threads 2` silently ran on one. Size it from the real
+    # core count before anything starts the pool (RPC servers we start inherit it).
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
     # Imported lazily: `edgecompile list` and the CLI's error paths should not pay TVM's import.
     import tvm
     import tvm.relax  # noqa: F401
@@ -254,7 +275,14 @@ class LoadedModel:
         if threads is not None or affinity != "default":
             mode = AFFINITY_MODES[affinity]
             self._global("runtime.config_threadpool")(mode, threads or 0)
-        return int(self._global("runtime.NumThreads")())
+        running = int(self._global("runtime.NumThreads")())
+        if threads is not None and running < threads:
+            # The pool was sized when the runtime started (TVM_NUM_THREADS of that process).
+            where = "the device's RPC server" if self.session is not None else "this process"
+            raise EdgeCompileError(
+                f"asked for {threads} threads, but TVM's thread pool in {where} has {running}: "
+                f"start it with TVM_NUM_THREADS={threads}")
+        return running
 
 
 def _device(tvm_or_session, device: str):

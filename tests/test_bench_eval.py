@@ -1,6 +1,7 @@
 """bench and eval, locally and over a real RPC server; statistics checked against raw timings."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from edgecompile.bench import BenchOptions, bench_artifact, latency_stats
 from edgecompile.build import BuildOptions, ModelSpec, build
 from edgecompile.dataset import scan
 from edgecompile.device import DeviceSpec
-from edgecompile.errors import UsageError
+from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.evaluate import evaluate
 from edgecompile.preprocess import Preprocess
 from edgecompile.rpc_services import start_native_server
@@ -52,6 +53,14 @@ def test_bench_locally(artifact):
 @pytest.mark.tvm
 def test_bench_thread_option_reaches_the_runtime(artifact):
     assert bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, threads=1))["threads"] == 1
+
+
+@pytest.mark.tvm
+def test_more_threads_than_the_pool_has_is_an_error_not_a_silent_one(artifact):
+    """TVM's pool is sized once per process; asking for more must not quietly run on fewer."""
+    pool = int(os.environ["TVM_NUM_THREADS"])  # set by edgecompile before TVM starts (or conftest)
+    with pytest.raises(EdgeCompileError, match=f"asked for {pool + 1} threads.*has {pool}"):
+        bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, threads=pool + 1))
 
 
 @pytest.mark.tvm
