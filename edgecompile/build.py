@@ -24,6 +24,7 @@ from edgecompile.stages.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ex
 from edgecompile.stages.fold_bn import count_ops, fold_batchnorm
 from edgecompile.stages.simplify import simplify_onnx
 from edgecompile.targets import TargetPreset, get_target
+from edgecompile.tuning import records_unchanged
 from edgecompile.weights import checkpoint_meta, file_sha256, init_for_parity, load_weights
 
 MIN_INPUT_SIZE = 32  # every family downsamples by 32
@@ -203,7 +204,8 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded
 def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Path("build"),
                    input_size: int | None = None, quiet: bool = False) -> art.Artifact:
     """An artifact directory as it is, or a model name built for ``target`` -- reusing the
-    artifact already in ``output_dir`` when it was built the same way and is intact."""
+    artifact already in ``output_dir`` when it was built the same way (tuning records
+    included) and is intact."""
     path = Path(model_or_dir)
     if (path / art.MANIFEST).is_file():
         return art.Artifact.load(path)
@@ -218,7 +220,9 @@ def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Pat
                 and a.manifest["spec"]["weights"] == {"source": "init", "seed": opts.seed}
                 and a.manifest["versions"]["tvm"] == tvm_backend.version()
                 and a.manifest["versions"]["edgecompile"] == edgecompile.__version__
-                and not a.hash_mismatches())
+                and not a.hash_mismatches()
+                and records_unchanged(a.manifest.get("tuning") or {}, onnx.load(a.onnx),
+                                      tuple(a.manifest["input"]["shape"]), preset))
         if same:
             return a
     return build(opts, quiet=quiet)

@@ -449,6 +449,7 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     applied = tt.apply_records(prepared, ttarget, match.directory)
     section = {
         "records": _display_path(match.directory),
+        "database_sha256": database_digest(match.directory),
         "key": key.get("target"), "layout": prepared.layout, "prepack": prepared.prepack,
         "tasks_matched": applied.matched, "tasks_total": applied.total,
     }
@@ -456,6 +457,28 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
         section["reason"] = "no task of this model has records"
         return None, section | {"records": None, "searched": _display_path(match.directory)}
     return applied.mod, section
+
+
+def database_digest(directory: Path) -> str:
+    from edgecompile.tvm_tuning import RECORD_FILE
+    from edgecompile.weights import file_sha256
+
+    return file_sha256(directory / RECORD_FILE)
+
+
+def records_unchanged(tuning_section: dict[str, Any], model: onnx.ModelProto,
+                      input_shape: tuple[int, ...], preset: TargetPreset) -> bool:
+    """Would a build today use the same records an artifact was built with? (No TVM: the
+    artifact's final graph is fingerprinted and looked up, the database hashed.)"""
+    if preset.device != "cpu" or preset.target.get("kind") != "llvm":
+        return tuning_section.get("records") is None
+    match = find_records(preset)
+    tuned = (match.directory is not None
+             and graph_fingerprint(model, input_shape) in read_models(match.directory))
+    if not tuned:
+        return tuning_section.get("records") is None
+    return (tuning_section.get("records") == _display_path(match.directory)
+            and tuning_section.get("database_sha256") == database_digest(match.directory))
 
 
 def _display_path(p: Path) -> str:

@@ -12,12 +12,12 @@ import shutil
 import pytest
 
 from edgecompile import tuning
-from edgecompile.build import BuildOptions, build
+from edgecompile.build import BuildOptions, build, build_or_reuse
 from edgecompile.targets import get_target
 from edgecompile.verify import verify
 
-# Real MetaSchedule runs (a few trials each): not in the default run while tuning is young.
-pytestmark = [pytest.mark.tvm, pytest.mark.slow]
+# Real MetaSchedule runs of a few trials each (about 30 s in all); the real workload below is slow.
+pytestmark = pytest.mark.tvm
 
 MODEL, SIZE, TASKS, TRIALS = "squeezenet1_1", 64, 2, 4
 
@@ -102,3 +102,17 @@ def test_mobilenet_v2_tuning_makes_it_faster(tmp_path):
     """A real workload: 16 trials for each task of MobileNetV2 at 224 (some 10 minutes here)."""
     r = tuning.tune(tuning.TuneOptions("mobilenet_v2_100", "x86", trials_per_task=16, root=tmp_path))
     assert not r.untuned and r.valid > 0.5 * r.trials_run
+
+
+def test_reuse_follows_the_records(tuned, tmp_path, monkeypatch):
+    """bench/eval/matrix reuse a built artifact only while it was built with the records a build
+    would use today: new records for the model make them rebuild it."""
+    root, _ = tuned
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(tmp_path / "none"))
+    untuned = build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE, quiet=True)
+    assert untuned.manifest["tuning"]["records"] is None
+    assert build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE).manifest == untuned.manifest
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(root))
+    tuned_now = build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE, quiet=True)
+    assert tuned_now.manifest["tuning"]["tasks_matched"] >= TASKS
+    assert build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE).manifest == tuned_now.manifest
