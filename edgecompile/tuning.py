@@ -15,6 +15,7 @@ only the rest of its budget.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -325,6 +326,21 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
     return len(lines), len(kept)
 
 
+@contextlib.contextmanager
+def _environ(**values: str | None):
+    """Set the given variables (None: leave as is) for the block, then restore them."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def tune(opts: TuneOptions, stream=None) -> TuneResult:
     from edgecompile import tvm_tuning as tt
     from edgecompile.stages.export import INPUT_NAME
@@ -381,15 +397,15 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                 workers = max(1, tvm_backend.tracker_key_counts(opts.tracker).get(opts.key, 0))
             runner = tt.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
         else:
-            # Candidates run in worker processes whose TVM pool is sized from this variable
-            # (TVM's own x86 default is half the CPUs): measure with the threads the records
-            # are for, key.json's tuned_threads.
-            os.environ["TVM_NUM_THREADS"] = str(threads)
             runner = tt.make_local_runner()
-        tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
-                      lambda s, i: printer(s, i, done_before), _log_dir(directory),
-                      trials_per_iter=opts.trials_per_iter, seed=opts.seed,
-                      cost_model=opts.cost_model, search=opts.search)
+        # Local candidates run in worker processes whose TVM pool is sized from this variable
+        # (TVM's own x86 default is half the CPUs): measure with the threads the records are
+        # for, key.json's tuned_threads -- and leave the caller's environment as it was.
+        with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
+            tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
+                          lambda s, i: printer(s, i, done_before), _log_dir(directory),
+                          trials_per_iter=opts.trials_per_iter, seed=opts.seed,
+                          cost_model=opts.cost_model, search=opts.search)
 
     database = tt.open_database(directory)  # re-read: everything appended this run
     rows = []

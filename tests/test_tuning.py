@@ -116,3 +116,14 @@ def test_reuse_follows_the_records(tuned, tmp_path, monkeypatch):
     tuned_now = build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE, quiet=True)
     assert tuned_now.manifest["tuning"]["tasks_matched"] >= TASKS
     assert build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE).manifest == tuned_now.manifest
+
+
+def test_tuning_leaves_the_thread_setting_as_it_was(tmp_path):
+    """Candidates are measured with the tuned thread count, set for tuning's worker processes
+    only: the caller's later TVM runs (and servers it starts) keep their own."""
+    import os
+
+    before = os.environ.get("TVM_NUM_THREADS")
+    tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=1, trials_per_task=1,
+                                    trials_per_iter=1, threads=7))
+    assert os.environ.get("TVM_NUM_THREADS") == before
