@@ -109,6 +109,7 @@ class RecordMatch:
     directory: Path | None
     reason: str  # why records are (not) used
     key: dict[str, Any] | None = None
+    searched: Path | None = None  # a database for this CPU that does not hold this model
 
 
 def find_records(preset: TargetPreset, root: Path | None = None) -> RecordMatch:
@@ -444,18 +445,31 @@ def format_tasks(result: TuneResult) -> str:
 # Build integration
 
 
+def records_for_model(model: onnx.ModelProto, input_shape: tuple[int, ...], preset: TargetPreset,
+                      root: Path | None = None) -> RecordMatch:
+    """The records a build of this graph uses: this preset + CPU's database, when the graph was
+    tuned into it. No TVM: a fingerprint looked up in models.json."""
+    if preset.device != "cpu" or preset.target.get("kind") != "llvm":
+        return RecordMatch(None, "tuning applies to CPU presets only")
+    match = find_records(preset, root)
+    if match.directory is None:
+        return match
+    if graph_fingerprint(model, input_shape) not in read_models(match.directory):
+        return RecordMatch(None, "this model graph (at this input size) was not tuned for this CPU",
+                           searched=match.directory)
+    return match
+
+
 def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...],
                          preset: TargetPreset, target, root: Path | None = None):
     """(Relax module to compile, manifest "tuning" section), or (None, section) when no records
     apply and the build should take its ordinary path."""
-    if preset.device != "cpu" or preset.target.get("kind") != "llvm":
-        return None, {"records": None, "reason": "tuning applies to CPU presets only"}
-    match = find_records(preset, root)
+    match = records_for_model(model, input_shape, preset, root)
     if match.directory is None:
-        return None, {"records": None, "reason": match.reason}
-    if graph_fingerprint(model, input_shape) not in read_models(match.directory):
-        return None, {"records": None, "searched": _display_path(match.directory),
-                      "reason": "this model graph (at this input size) was not tuned for this CPU"}
+        section = {"records": None, "reason": match.reason}
+        if match.searched is not None:
+            section["searched"] = _display_path(match.searched)
+        return None, section
     from edgecompile import tvm_tuning as tt
 
     key = match.key or {}
@@ -486,12 +500,8 @@ def records_unchanged(tuning_section: dict[str, Any], model: onnx.ModelProto,
                       input_shape: tuple[int, ...], preset: TargetPreset) -> bool:
     """Would a build today use the same records an artifact was built with? (No TVM: the
     artifact's final graph is fingerprinted and looked up, the database hashed.)"""
-    if preset.device != "cpu" or preset.target.get("kind") != "llvm":
-        return tuning_section.get("records") is None
-    match = find_records(preset)
-    tuned = (match.directory is not None
-             and graph_fingerprint(model, input_shape) in read_models(match.directory))
-    if not tuned:
+    match = records_for_model(model, input_shape, preset)
+    if match.directory is None:
         return tuning_section.get("records") is None
     return (tuning_section.get("records") == _display_path(match.directory)
             and tuning_section.get("database_sha256") == database_digest(match.directory))

@@ -11,10 +11,8 @@ so the tasks' structural hashes -- the database's keys -- match between ``tune``
 from __future__ import annotations
 
 import functools
-import math
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,23 +229,11 @@ def _build_candidate(mod, target, _params):
 def _export_candidate(mod, cross_compiler: str | None = None) -> str:
     """A built candidate -> a file the runner loads: a tar of objects here, a shared library
     linked with the target's cross compiler for a remote device."""
-    import tvm
-
     if hasattr(mod, "mod") and not hasattr(mod, "export_library"):
         mod = mod.mod
-    tmp = tempfile.mkdtemp(prefix="ec-ms-")
-    if cross_compiler is None:
-        from tvm.support.tar import tar
-
-        path = os.path.join(tmp, "cand.tar")
-        mod.export_library(path, fcompile=tar)
-    elif cross_compiler == tvm_backend.NDK:
-        path = os.path.join(tmp, "cand.so")
-        mod.export_library(path, fcompile=tvm.support.ndk.create_shared)
-    else:
-        path = os.path.join(tmp, "cand.so")
-        mod.export_library(path, fcompile=tvm.support.cc.cross_compiler(cross_compiler))
-    return path
+    path = Path(tempfile.mkdtemp(prefix="ec-ms-")) / ("cand.tar" if cross_compiler is None else "cand.so")
+    tvm_backend.export_library(mod, path, cross_compiler)
+    return str(path)
 
 
 def make_builder(workers: int, timeout_s: float = 120.0, cross_compiler: str | None = None):
@@ -447,7 +433,6 @@ class Applied:
     mod: Any  # Relax module ready for tvm.compile (weights bound as constants, pre-packed)
     matched: int
     total: int
-    matched_names: list[str]
 
 
 def apply_records(prepared: Prepared, target, directory: Path) -> Applied:
@@ -472,7 +457,7 @@ def apply_records(prepared: Prepared, target, directory: Path) -> Applied:
     else:
         mod = _bind_params(mod, prepared.params)
     mod = tvm.transform.Sequential([t.FoldConstant(), t.DeadCodeElimination(["main"])])(mod)
-    return Applied(mod, len(matched), len(tasks), matched)
+    return Applied(mod, len(matched), len(tasks))
 
 
 def _bind_params(mod, params):
@@ -518,10 +503,3 @@ def _bind_transformed_params(mod, params):
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
     return _drop_num_input(mod)
 
-
-def now() -> float:
-    return time.monotonic()
-
-
-def ceil_to(n: int, step: int) -> int:
-    return int(math.ceil(n / step) * step) if step > 0 else n
