@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 
 import pytest
 
@@ -24,6 +26,24 @@ def default_subset(items, default) -> list:
     """All ``items`` as parameters; those not in ``default`` carry the ``slow`` mark, so the
     default run keeps a representative few and `-m slow` covers the rest."""
     return [pytest.param(i, marks=() if i in default else pytest.mark.slow) for i in items]
+
+
+def act_when(condition, action, settle_s: float, poll_s: float, timeout_s: float) -> threading.Thread:
+    """In a background thread: poll ``condition()`` and, once it holds, wait ``settle_s`` (to be
+    well inside what it signals, e.g. a job on a device) and run ``action()``. Used to kill or
+    freeze a device mid-job; if the moment never comes, the action never runs."""
+    def watch():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                time.sleep(settle_s)
+                action()
+                return
+            time.sleep(poll_s)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ killed in the middle of a job, with every result present exactly once."""
 
 import json
 import threading
-import time
 
 import pytest
+from conftest import act_when
 
 from edgecompile import emulated_device as emu
 from edgecompile.matrix import MatrixOptions, run_matrix
@@ -23,22 +23,18 @@ def _free(tracker: str, key: str) -> int:
 
 
 def _kill_mid_job_after_first_result(tracker, victim, results, killed):
-    """Once ``victim`` has delivered a result and is busy again, kill it."""
-    def watch():
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            lines = results.read_text().splitlines() if results.exists() else []
-            served = any(json.loads(line).get("server") == victim.address for line in lines)
-            if served and _free(tracker.address, "rpi4") == 0:
-                time.sleep(1.0)  # inside the job: upload, load or timing
-                victim.stop()
-                killed.set()
-                return
-            time.sleep(0.1)
+    """Once ``victim`` has delivered a result and is busy again, kill it (1 s into the job:
+    upload, load or timing)."""
+    def served_and_busy():
+        lines = results.read_text().splitlines() if results.exists() else []
+        served = any(json.loads(line).get("server") == victim.address for line in lines)
+        return served and _free(tracker.address, "rpi4") == 0
 
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    return t
+    def kill():
+        victim.stop()
+        killed.set()
+
+    return act_when(served_and_busy, kill, settle_s=1.0, poll_s=0.1, timeout_s=900)
 
 
 def test_farm_of_two_emulated_pis_and_this_cpu(tmp_path):

@@ -7,10 +7,9 @@ results exactly once, the lost attempt recorded, and a re-run must skip what is 
 import json
 import os
 import signal
-import threading
-import time
 
 import pytest
+from conftest import act_when
 
 from edgecompile.errors import EdgeCompileError
 from edgecompile.matrix import MatrixOptions, expand_models, run_matrix
@@ -36,17 +35,9 @@ def _both_busy(tracker_address: str, key: str) -> bool:
 
 
 def _when_both_busy(tracker, action):
-    def watch():
-        for _ in range(3000):
-            if _both_busy(tracker.address, "x86"):
-                time.sleep(0.3)  # well inside the job (upload, load, bench)
-                action()
-                return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    return t
+    # 0.3 s after both devices took a job: well inside it (upload, load, bench).
+    return act_when(lambda: _both_busy(tracker.address, "x86"), action, settle_s=0.3, poll_s=0.05,
+                    timeout_s=200)
 
 
 def _records(path):
