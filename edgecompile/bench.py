@@ -34,6 +34,7 @@ class BenchOptions:
     round_runs: int = 10  # runs per round trip to the device
     threads: int | None = None  # None: the device runtime's default
     affinity: str = "default"
+    profile_runs: int = 0  # > 0: also time every kernel over this many inferences (this host only)
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:
@@ -70,6 +71,8 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
     dev_x = model.put(numerics.parity_inputs(1, shape[1:]))
 
     model.time_runs(dev_x, max(opts.warmup, 1))
+    if opts.profile_runs:
+        model.call_times(dev_x)  # warm the instrumented VM; fails here, not after timing, if remote
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < opts.max_runs and (
@@ -81,6 +84,7 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
 
     stats = latency_stats(samples)
     macs = a.manifest["model"]["macs_counted"]
+    profile = profile_calls(model, dev_x, opts.profile_runs, stats["median"]) if opts.profile_runs else None
     return record_header("bench", a, device.describe(), model.server) | {
         "input_shape": list(shape),
         "threads": threads,
@@ -93,10 +97,52 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
         # achieved GFLOP/s = 2 FLOPs per multiply-add / median latency
         "gflops": 2 * macs / (stats["median"] * 1e-3) / 1e9,
         "tuning": a.manifest["tuning"]["records"],
+        "profile": profile,
         "options": asdict(opts),
         "host": platform.node(),
         "pid": os.getpid(),
     }
+
+
+VM_PREFIX = "vm.builtin."  # the VM's own calls (allocation, shape checks), not compute kernels
+
+
+def profile_calls(model, device_input, runs: int, latency_median_ms: float) -> dict[str, Any]:
+    """Where one inference's time goes: each function the VM calls, the median over ``runs``
+    inferences of its time per inference. ``outside_kernels_ms`` is the uninstrumented median
+    latency minus the kernels' sum: what the VM itself (dispatch, allocation) costs."""
+    per_run: list[dict[str, float]] = []
+    counts: dict[str, int] = {}
+    for _ in range(runs):
+        totals: dict[str, float] = {}
+        counts = {}
+        for name, secs in model.call_times(device_input):
+            totals[name] = totals.get(name, 0.0) + secs * 1e3
+            counts[name] = counts.get(name, 0) + 1
+        per_run.append(totals)
+    rows = [{"name": name, "kind": "vm" if name.startswith(VM_PREFIX) else "kernel",
+             "calls": counts[name], "ms": float(np.median([t[name] for t in per_run]))}
+            for name in per_run[0]]
+    rows.sort(key=lambda r: -r["ms"])
+    for r in rows:
+        r["share"] = r["ms"] / latency_median_ms
+    kernels = sum(r["ms"] for r in rows if r["kind"] == "kernel")
+    return {"runs": runs, "kernels_ms": kernels, "outside_kernels_ms": latency_median_ms - kernels,
+            "calls": rows}
+
+
+def format_profile(p: dict[str, Any], top: int = 25) -> str:
+    from edgecompile.listing import as_table
+
+    rows = [{"function": r["name"], "kind": r["kind"], "calls": r["calls"], "ms": f"{r['ms']:.3f}",
+             "% of latency": f"{100 * r['share']:.1f}"} for r in p["calls"][:top]]
+    more = len(p["calls"]) - top
+    tail = [f"... {more} more functions (all of them in --format json)"] if more > 0 else []
+    return "\n".join([
+        as_table(rows), *tail,
+        f"kernels: {p['kernels_ms']:.3f} ms; outside the kernels (VM dispatch, allocation): "
+        f"{p['outside_kernels_ms']:.3f} ms (median of {p['runs']} instrumented inferences)",
+    ])
 
 
 def format_report(r: dict[str, Any]) -> str:

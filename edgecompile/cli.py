@@ -80,7 +80,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     device = _device(args)
     artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
     opts = bench.BenchOptions(warmup=args.warmup, min_time_s=args.min_time, min_runs=args.min_runs,
-                              threads=args.threads, affinity=args.affinity)
+                              threads=args.threads, affinity=args.affinity,
+                              profile_runs=args.profile_runs if args.profile else 0)
     ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
     record = bench.bench_artifact(artifact, device, opts, progress=ticker.update)
     ticker.done()
@@ -92,6 +93,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.results:
         append_jsonl(args.results, record)
     print(json.dumps(record) if args.format == "json" else bench.format_report(record))
+    if record["profile"] and args.format != "json":
+        print(bench.format_profile(record["profile"]))
     if args.compare and args.format != "json":
         from edgecompile import compare
 
@@ -224,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-runs", type=int, default=20, help="and at least this many runs")
     s.add_argument("--compare", metavar="LIST",
                    help="also time onnxruntime,torch here, interleaved, same threads (local only)")
+    s.add_argument("--profile", action="store_true",
+                   help="also time every kernel, and the VM around them (this host only)")
+    s.add_argument("--profile-runs", type=int, default=20, help="inferences --profile times (default 20)")
     s.add_argument("--results", type=Path, help="append the result to this JSONL file")
     s.add_argument("--format", **fmt)
     _add_device_flags(s)

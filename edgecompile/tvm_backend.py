@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,7 @@ class LoadedModel:
         self.session = session  # keeps an RPC session alive as long as the model
         self.server = server  # "host:port" of the RPC server it runs on, or "local"
         self.input_name = input_name
+        self.lib = lib
         self.vm = tvm.relax.VirtualMachine(lib, device)
 
     def put(self, x: np.ndarray):
@@ -263,6 +265,32 @@ class LoadedModel:
         evaluator, so RPC round trips and host-side Python are not part of the figure."""
         f = self.vm.time_evaluator("main", self.device, number=1, repeat=runs)
         return [float(t) for t in f(device_input).results]
+
+    def call_times(self, device_input) -> list[tuple[str, float]]:
+        """One inference with every call the VM makes timed: (symbol, seconds), in call order.
+
+        TVM 0.27's Relax VM has no profiler; its instrument hook runs a Python function before
+        and after each call, so this works for a VM in this process only. A separate VM is
+        instrumented, so the one ``time_runs`` uses is never slowed by the hook.
+        """
+        if self.session is not None:
+            raise EdgeCompileError("per-kernel timing runs on this host only: TVM 0.27's VM "
+                                   "cannot be instrumented over RPC (bench the device without it)")
+        vm = self._tvm.relax.VirtualMachine(self.lib, self.device)
+        calls: list[tuple[str, float]] = []
+        started = [0.0]
+
+        def instrument(_func, symbol, before_run, _ret, *_args):
+            now = time.perf_counter()
+            if before_run:
+                started[0] = now
+            else:
+                calls.append((str(symbol), now - started[0]))
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+        vm.set_instrument(instrument)
+        vm["main"](device_input)
+        return calls
 
     def _global(self, name: str):
         if self.session is not None:

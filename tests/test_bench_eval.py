@@ -51,6 +51,23 @@ def test_bench_locally(artifact):
 
 
 @pytest.mark.tvm
+def test_profile_times_every_kernel_call_of_an_inference(artifact):
+    import onnx
+
+    r = bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, profile_runs=3))
+    p = r["profile"]
+    kernels = [c for c in p["calls"] if c["kind"] == "kernel"]
+    # Every convolution of the graph is one call of a (fused) conv2d kernel, whatever fusion did.
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(artifact.onnx)).graph.node)
+    assert convs == 52 and sum(c["calls"] for c in kernels if "conv2d" in c["name"]) == convs
+    assert {c["kind"] for c in p["calls"]} == {"kernel", "vm"} and p["runs"] == 3
+    assert all(c["ms"] > 0 for c in kernels)
+    assert p["kernels_ms"] == pytest.approx(sum(c["ms"] for c in kernels))
+    assert p["outside_kernels_ms"] == pytest.approx(r["latency_ms"]["median"] - p["kernels_ms"])
+    assert [c["ms"] for c in p["calls"]] == sorted((c["ms"] for c in p["calls"]), reverse=True)
+
+
+@pytest.mark.tvm
 def test_bench_thread_option_reaches_the_runtime(artifact):
     assert bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, threads=1))["threads"] == 1
 
@@ -70,6 +87,8 @@ def test_bench_and_eval_over_rpc(artifact, tmp_path, digits_like):
         device = DeviceSpec(rpc=server.address)
         r = bench_artifact(artifact, device, QUICK)
         e = evaluate(artifact, digits_like, device)
+        with pytest.raises(EdgeCompileError, match="this host only"):
+            bench_artifact(artifact, device, BenchOptions(min_time_s=0, min_runs=1, profile_runs=2))
     assert r["device"] == f"RPC server {server.address}" and r["latency_ms"]["runs"] >= 15
     assert e["images"] == 12 and e["top1_agreement"] == 100.0
 
@@ -78,7 +97,8 @@ def test_bench_and_eval_over_rpc(artifact, tmp_path, digits_like):
 def test_bench_cli_json_and_compare(artifact, tmp_path):
     results = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "edgecompile", "bench", str(artifact.path), "--min-time", "0.2",
-           "--compare", "onnxruntime,torch", "--format", "json", "--results", str(results)]
+           "--compare", "onnxruntime,torch", "--format", "json", "--results", str(results),
+           "--profile", "--profile-runs", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
@@ -87,6 +107,7 @@ def test_bench_cli_json_and_compare(artifact, tmp_path):
     for e in ("onnxruntime", "torch"):
         assert engines[e]["tvm_ratio"] == pytest.approx(engines["tvm"]["median_ms"] / engines[e]["median_ms"])
     assert json.loads(results.read_text().splitlines()[-1]) == record
+    assert record["profile"]["runs"] == 2 and record["profile"]["calls"]
 
 
 @pytest.fixture(scope="module")
