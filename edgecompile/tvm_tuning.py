@@ -10,8 +10,10 @@ so the tasks' structural hashes -- the database's keys -- match between ``tune``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -354,7 +356,9 @@ class TaskProgress:
 ProgressFn = Callable[[list[TaskProgress], int], None]
 
 
-def _progress_callback(states: list[TaskProgress], on_update: ProgressFn):
+def _progress_callback(states: list[TaskProgress], indices: list[int], on_update: ProgressFn):
+    """Reports into ``states`` (every task of the run); MetaSchedule's task ``i`` is ours
+    ``indices[i]``, since each budget group is its own scheduler."""
     ms = _ms()
     from tvm.ir.utils import derived_object
 
@@ -364,7 +368,8 @@ def _progress_callback(states: list[TaskProgress], on_update: ProgressFn):
             super().__init__()
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            st = states[task_id]
+            i = indices[task_id]
+            st = states[i]
             for b, r in zip(builder_results, runner_results, strict=True):
                 st.trials += 1
                 if b.error_msg is None and r.error_msg is None:
@@ -372,7 +377,7 @@ def _progress_callback(states: list[TaskProgress], on_update: ProgressFn):
                     if s is not None:
                         st.valid += 1
                         st.best_s = s if st.best_s is None else min(st.best_s, s)
-            on_update(states, task_id)
+            on_update(states, i)
 
     return _Progress()
 
@@ -394,16 +399,20 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
             [tasks[i].context for i in idx], work_dir=str(work_dir), seed=seed,
             num_threads=os.cpu_count() or 1, strategy=_strategy(search),
         )
-        sub_states = [states[i] for i in idx]
         callbacks = ms.measure_callback.MeasureCallback.create("default") + [
-            _progress_callback(sub_states, on_update)]
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-            max_trials_global=n * len(idx), max_trials_per_task=n,
-            num_trials_per_iter=min(trials_per_iter, n), builder=builder, runner=runner,
-            database=database, measure_callbacks=callbacks, task_scheduler="round-robin",
-            cost_model=cost_model,
-        )
+            _progress_callback(states, idx, on_update)]
+        # Each call re-runs MetaSchedule's logging dictConfig, which left the logger at DEBUG
+        # after the first group and sent its tables to stdout (breaking `tune --format json`):
+        # quiet it every time, and bind its console handler to stderr.
+        quiet_logging()
+        with contextlib.redirect_stdout(sys.stderr):
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                max_trials_global=n * len(idx), max_trials_per_task=n,
+                num_trials_per_iter=min(trials_per_iter, n), builder=builder, runner=runner,
+                database=database, measure_callbacks=callbacks, task_scheduler="round-robin",
+                cost_model=cost_model,
+            )
 
 
 def _strategy(search: str):

@@ -127,3 +127,22 @@ def test_tuning_leaves_the_thread_setting_as_it_was(tmp_path):
     tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=1, trials_per_task=1,
                                     trials_per_iter=1, threads=7))
     assert os.environ.get("TVM_NUM_THREADS") == before
+
+
+def test_uneven_budgets_keep_stdout_clean_and_progress_counting(tuned, tmp_path, capfd):
+    """Tasks with different remaining budgets are tuned by one MetaSchedule call each. The
+    second call used to log its tables to stdout (breaking `tune --format json`) and restart
+    the progress count at 1."""
+    import io
+    import re
+
+    names = tuple(t["task"] for t in tuned[1].tasks)
+    tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names[:1],
+                                    trials_per_task=2, trials_per_iter=2))
+    capfd.readouterr()
+    progress = io.StringIO()
+    r = tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names), progress)
+    assert r.trials_run == 2 + TRIALS  # two groups: 2 left of one task, 4 of the other
+    assert capfd.readouterr().out == ""
+    counts = [int(m) for m in re.findall(r"\] (\d+)/6 trials", progress.getvalue())]
+    assert counts == sorted(counts) and counts[-1] == 6, progress.getvalue()
