@@ -230,14 +230,13 @@ def test_port_in_use_fails_fast(root):
             emu.start("cortex-a72", port=s.getsockname()[1], root=root)
 
 
-def test_server_dying_at_start_reports_its_stderr(root, monkeypatch):
+def test_server_dying_at_start_reports_its_stderr(root, monkeypatch, tmp_path):
     monkeypatch.setattr(emu, "SERVER_MODULE", "tvm.exec.no_such_server")
-    tmp = tempfile.gettempdir()
-    before = set(os.listdir(tmp))
+    # A private temp dir: under xdist another worker may be starting a device of its own.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(EdgeCompileError, match=r"exited during start-up(.|\n)*no_such_server"):
         emu.start("cortex-a72", root=root, timeout=60)
-    leftovers = [d for d in set(os.listdir(tmp)) - before if d.startswith("edgecompile-emu-")]
-    assert leftovers == []
+    assert [d for d in os.listdir(tmp_path) if d.startswith("edgecompile-emu-")] == []
 
 
 def test_sve_code_dies_with_sigill_on_cortex_a72_and_runs_on_an_sve_core(root, libs):
