@@ -359,7 +359,6 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                          "(--rpc HOST:PORT, or --tracker HOST:PORT --key KEY)")
     threads = opts.threads or preset.threads or (os.cpu_count() or 1)
     t0 = time.monotonic()
-    tt.quiet_logging()
 
     model, shape, name = final_onnx(opts.model, opts.input_size)
     target = tuning_target(preset, threads)

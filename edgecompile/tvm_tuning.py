@@ -395,17 +395,18 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
         if n > 0:
             groups.setdefault(n, []).append(i)
     for n, idx in sorted(groups.items(), reverse=True):
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [tasks[i].context for i in idx], work_dir=str(work_dir), seed=seed,
-            num_threads=os.cpu_count() or 1, strategy=_strategy(search),
-        )
-        callbacks = ms.measure_callback.MeasureCallback.create("default") + [
-            _progress_callback(states, idx, on_update)]
-        # Each call re-runs MetaSchedule's logging dictConfig, which left the logger at DEBUG
-        # after the first group and sent its tables to stdout (breaking `tune --format json`):
-        # quiet it every time, and bind its console handler to stderr.
+        # Building the contexts and tuning each run MetaSchedule's logging dictConfig, which
+        # leaves its logger at DEBUG with a console handler on stdout: from the second group
+        # on, its tables went to stdout (breaking `tune --format json`). Quiet it before every
+        # group, and bind that handler to stderr.
         quiet_logging()
         with contextlib.redirect_stdout(sys.stderr):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [tasks[i].context for i in idx], work_dir=str(work_dir), seed=seed,
+                num_threads=os.cpu_count() or 1, strategy=_strategy(search),
+            )
+            callbacks = ms.measure_callback.MeasureCallback.create("default") + [
+                _progress_callback(states, idx, on_update)]
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                 max_trials_global=n * len(idx), max_trials_per_task=n,

@@ -146,3 +146,18 @@ def test_uneven_budgets_keep_stdout_clean_and_progress_counting(tuned, tmp_path,
     assert capfd.readouterr().out == ""
     counts = [int(m) for m in re.findall(r"\] (\d+)/6 trials", progress.getvalue())]
     assert counts == sorted(counts) and counts[-1] == 6, progress.getvalue()
+
+
+def test_tune_cli_json_is_the_only_thing_on_stdout(tmp_path):
+    """In a fresh process, MetaSchedule's first logging setup (while building the tuning
+    contexts) must not print to stdout either: `tune --format json | jq` is the contract."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgecompile", "tune", MODEL, "--target", "x86", "--input-size",
+           str(SIZE), "--trials-per-task", "1", "--focus", "1", "--records-dir", str(tmp_path),
+           "--format", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["trials_run"] == 1 and result["model"] == MODEL
