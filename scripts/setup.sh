@@ -2,13 +2,19 @@
 # Set up everything edgecompile needs on a fresh Debian/Ubuntu machine, then build and verify
 # the default model for this host. Idempotent: a second run installs nothing new.
 #
+# Python packages go into the project's own virtual environment, .venv/ (or $EDGECOMPILE_VENV),
+# made without the machine's site-packages: a package installed by hand on the machine can then
+# never stand in for one this project forgot to declare. The tests run with .venv/bin/python.
+#
 #   bash scripts/setup.sh            # install + build/verify the default model
 #   bash scripts/setup.sh --no-demo  # install only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEMO_MODEL=${EDGECOMPILE_DEMO_MODEL:-fasternet_t0}
-PYTHON=${PYTHON:-python3}
+BASE_PYTHON=${BASE_PYTHON:-python3}   # the interpreter the environment is made from (3.11+)
+VENV=${EDGECOMPILE_VENV:-.venv}
+PYTHON="$VENV/bin/python"
 APT_PACKAGES=(
   g++-aarch64-linux-gnu   # cross compiler for the arm64 presets' .so
   gcc-aarch64-linux-gnu
@@ -36,7 +42,14 @@ else
   echo "all present"
 fi
 
-step "Python packages (pinned by constraints.txt)"
+step "Python environment: $VENV (isolated from the machine's site-packages)"
+if [ ! -x "$PYTHON" ]; then
+  "$BASE_PYTHON" -m venv "$VENV"
+else
+  echo "present"
+fi
+
+step "Python packages into $VENV (pinned by constraints.txt)"
 # torch first and exactly: if anything resolved it unpinned, pip would fetch a CUDA build.
 "$PYTHON" -m pip install -q -c constraints.txt torch==2.13.0
 "$PYTHON" -m pip install -q -c constraints.txt -e ".[dev]"
@@ -56,3 +69,5 @@ step "build and verify the default model for this host: $DEMO_MODEL"
 artifact=$("$PYTHON" -m edgecompile build "$DEMO_MODEL" --target x86 -o build)
 "$PYTHON" -m edgecompile verify "$artifact"
 "$PYTHON" -m edgecompile info "$artifact"
+
+printf '\nDone. For the edgecompile command: source %s/bin/activate   (tests: %s -m pytest -q)\n' "$VENV" "$PYTHON"
