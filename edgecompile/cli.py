@@ -30,7 +30,8 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from edgecompile.build import BuildOptions, build
+    from edgecompile.pipeline.build import build
+    from edgecompile.pipeline.spec import BuildOptions
 
     artifact = build(BuildOptions(
         model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
@@ -43,7 +44,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace):
-    from edgecompile.device import DeviceSpec
+    from edgecompile.devices.spec import DeviceSpec
 
     return DeviceSpec(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout)
 
@@ -57,7 +58,7 @@ def _add_device_flags(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from edgecompile.verify import verify
+    from edgecompile.measure.verify import verify
 
     result = verify(args.artifact, samples=args.samples, device=_device(args))
     if args.format == "json":
@@ -72,10 +73,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from edgecompile import bench
-    from edgecompile.build import build_or_reuse
+    from edgecompile.measure import bench
+    from edgecompile.measure.results import append_jsonl
+    from edgecompile.pipeline.build import build_or_reuse
     from edgecompile.progress import Ticker
-    from edgecompile.results import append_jsonl
 
     device = _device(args)
     artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
@@ -86,7 +87,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     record = bench.bench_artifact(artifact, device, opts, progress=ticker.update)
     ticker.done()
     if args.compare:
-        from edgecompile import compare
+        from edgecompile.measure import compare
 
         record["compare"] = compare.compare_engines(artifact, args.compare.split(","),
                                                     threads=record["threads"])
@@ -96,17 +97,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if record["profile"] and args.format != "json":
         print(bench.format_profile(record["profile"]))
     if args.compare and args.format != "json":
-        from edgecompile import compare
+        from edgecompile.measure import compare
 
         print(compare.format_table(record["compare"]))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from edgecompile import evaluate
-    from edgecompile.build import build_or_reuse
+    from edgecompile.measure import evaluate
+    from edgecompile.measure.results import append_jsonl
+    from edgecompile.pipeline.build import build_or_reuse
     from edgecompile.progress import Ticker
-    from edgecompile.results import append_jsonl
 
     device = _device(args)
     artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
@@ -124,7 +125,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from edgecompile import listing, matrix
+    from edgecompile import listing
+    from edgecompile.measure import matrix
 
     opts = matrix.MatrixOptions(
         models=matrix.expand_models(args.models.split(",")), targets=tuple(args.targets.split(",")),
@@ -139,19 +141,19 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from edgecompile import tuning
+    from edgecompile.tune import run as tune_run
 
-    result = tuning.tune(tuning.TuneOptions(
+    result = tune_run.tune(tune_run.TuneOptions(
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
         input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
     ))
-    print(json.dumps(result.to_dict()) if args.format == "json" else tuning.format_tasks(result))
+    print(json.dumps(result.to_dict()) if args.format == "json" else tune_run.format_tasks(result))
     return 0
 
 
 def _cmd_device(args: argparse.Namespace) -> int:
-    from edgecompile import emulated_device as emu
+    from edgecompile.devices import emulated as emu
 
     if args.device_command == "prepare":
         print(emu.prepare(args.root, mirror=args.mirror))
@@ -166,7 +168,7 @@ def _cmd_device(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from edgecompile import listing
-    from edgecompile.artifact import Artifact
+    from edgecompile.pipeline.artifact import Artifact
 
     a = Artifact.load(args.artifact)
     print(json.dumps(a.manifest, indent=2) if args.format == "json" else listing.describe(a))

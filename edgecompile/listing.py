@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgecompile.artifact import Artifact
+from edgecompile.pipeline.artifact import Artifact
 
 
 def model_rows(family: str | None = None) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ step "Python packages into $VENV (pinned by constraints.txt)"
 "$PYTHON" -m edgecompile --help >/dev/null
 
 step "OpenCL runtime plug-in for the pip-installed TVM runtime (our C++; runs mali/adreno kernels on pocl)"
-"$PYTHON" -c "from edgecompile.opencl_runtime import ensure_built; print(ensure_built())"
+"$PYTHON" -c "from edgecompile.devices.opencl_runtime import ensure_built; print(ensure_built())"
 
 step "emulated arm64 device: Debian arm64 rootfs + aarch64 TVM (cached; about a minute the first time)"
 "$PYTHON" -m edgecompile device prepare

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompile.models import create_model, get_model_info
-from edgecompile.preprocess import Preprocess
-from edgecompile.weights import file_sha256, read_checkpoint
+from edgecompile.pipeline.artifact import file_sha256
+from edgecompile.pipeline.preprocess import Preprocess
+from edgecompile.pipeline.weights import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -50,7 +50,7 @@ def act_when(condition, action, settle_s: float, poll_s: float, timeout_s: float
 def emulated_rpi4():
     """One emulated Raspberry Pi 4 (qemu pinned to cortex-a72) for the whole run: a real
     tvm.exec.rpc_server on loopback. The rootfs is prepared by scripts/setup.sh (cached)."""
-    from edgecompile import emulated_device as emu
+    from edgecompile.devices import emulated as emu
     from edgecompile.targets import get_target
 
     emu.prepare(quiet=True)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from edgecompile.artifact import Artifact, atomic_directory, describe_files, write_json
 from edgecompile.errors import EdgeCompileError
+from edgecompile.pipeline.artifact import Artifact, atomic_directory, describe_files, write_json
 
 
 def _make(path, payload: bytes):

@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from edgecompile.bench import BenchOptions, bench_artifact, latency_stats
-from edgecompile.build import BuildOptions, ModelSpec, build
-from edgecompile.dataset import scan
-from edgecompile.device import DeviceSpec
+from edgecompile.devices.services import start_native_server
+from edgecompile.devices.spec import DeviceSpec
 from edgecompile.errors import EdgeCompileError, UsageError
-from edgecompile.evaluate import evaluate
-from edgecompile.preprocess import Preprocess
-from edgecompile.rpc_services import start_native_server
+from edgecompile.measure.bench import BenchOptions, bench_artifact, latency_stats
+from edgecompile.measure.dataset import scan
+from edgecompile.measure.evaluate import evaluate
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.preprocess import Preprocess
+from edgecompile.pipeline.spec import BuildOptions, ModelSpec
 
 QUICK = BenchOptions(warmup=2, min_time_s=0.2, min_runs=15, round_runs=5)
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from edgecompile.models import create_model, get_model_info, list_families
-from edgecompile.preprocess import Preprocess
-from edgecompile.weights import file_sha256, read_checkpoint
+from edgecompile.pipeline.artifact import file_sha256
+from edgecompile.pipeline.preprocess import Preprocess
+from edgecompile.pipeline.weights import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT_DIR = REPO / "checkpoints" / "digits"

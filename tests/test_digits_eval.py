@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import default_subset
 
-from edgecompile.build import BuildOptions, build
-from edgecompile.device import DeviceSpec
-from edgecompile.evaluate import EvalOptions, evaluate
+from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.evaluate import EvalOptions, evaluate
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 
 pytestmark = pytest.mark.tvm
 REPO = Path(__file__).resolve().parents[1]

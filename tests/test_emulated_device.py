@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompile import emulated_device as emu
-from edgecompile.build import BuildOptions, build
+from edgecompile.devices import emulated as emu
 from edgecompile.errors import EdgeCompileError, UnknownNameError, UsageError
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 
 pytestmark = [pytest.mark.rpc, pytest.mark.tvm]
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import threading
 import pytest
 from conftest import act_when
 
-from edgecompile import emulated_device as emu
-from edgecompile.matrix import MatrixOptions, run_matrix
+from edgecompile.devices import emulated as emu
+from edgecompile.devices.services import start_native_server, start_tracker
+from edgecompile.measure.matrix import MatrixOptions, run_matrix
 from edgecompile.models import list_families, list_models
-from edgecompile.rpc_services import start_native_server, start_tracker
 
 pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
 ONE_PER_FAMILY = tuple(list_models(f)[0] for f in list_families())

@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompile import numerics, ort
 from edgecompile.errors import EdgeCompileError
-from edgecompile.stages.fold_bn import count_ops, fold_batchnorm
+from edgecompile.pipeline import numerics, ort
+from edgecompile.pipeline.stages.fold_bn import count_ops, fold_batchnorm
 
 rng = np.random.default_rng(0)
 

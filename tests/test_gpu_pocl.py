@@ -10,11 +10,12 @@ import os
 
 import pytest
 
-from edgecompile.build import BuildOptions, build
-from edgecompile.device import DeviceSpec
+from edgecompile.devices.services import start_native_server
+from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.verify import verify
 from edgecompile.models import list_families, list_models
-from edgecompile.rpc_services import start_native_server
-from edgecompile.verify import verify
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 
 pytestmark = [pytest.mark.tvm, pytest.mark.opencl, pytest.mark.rpc]
 ONE_PER_FAMILY = [list_models(f)[0] for f in list_families()]

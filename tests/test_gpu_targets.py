@@ -3,11 +3,12 @@
 import onnx
 import pytest
 
-from edgecompile.build import BuildOptions, build
 from edgecompile.errors import EdgeCompileError
 from edgecompile.models import list_families, list_models
-from edgecompile.stages.compile import compile_onnx
-from edgecompile.stages.export import INPUT_NAME
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
+from edgecompile.pipeline.stages.compile import compile_onnx
+from edgecompile.pipeline.stages.export import INPUT_NAME
 from edgecompile.targets import get_target
 
 pytestmark = pytest.mark.tvm

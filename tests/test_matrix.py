@@ -11,9 +11,9 @@ import signal
 import pytest
 from conftest import act_when
 
+from edgecompile.devices.services import start_native_server, start_tracker
 from edgecompile.errors import EdgeCompileError
-from edgecompile.matrix import MatrixOptions, expand_models, run_matrix
-from edgecompile.rpc_services import start_native_server, start_tracker
+from edgecompile.measure.matrix import MatrixOptions, expand_models, run_matrix
 
 pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
 MODELS = ("squeezenet1_1", "mobilenet_v2_035", "shufflenet_v2_x0_5", "mobilenet_v1_025")

@@ -15,10 +15,10 @@ import torch
 from published_keys import bn_keys, synthetic
 from torch import nn
 
-from edgecompile.flops import count_params
 from edgecompile.models import create_model, get_model_info, list_models
 from edgecompile.models.fasternet import PartialConv3
 from edgecompile.models.mobilenext import SandGlass
+from edgecompile.pipeline.flops import count_params
 
 # ------------------------------------------------------------------ registry / sizes
 

@@ -14,9 +14,9 @@ import torch
 from published_keys import bn_keys, load_published, synthetic
 from torch import nn
 
-from edgecompile.flops import count_params
 from edgecompile.models import create_model, get_model_info, list_models
 from edgecompile.models.mobilenet_v2 import InvertedResidual
+from edgecompile.pipeline.flops import count_params
 
 FAMILIES = ("squeezenet", "mobilenet_v1", "mobilenet_v2")
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompile import flops
 from edgecompile.models import create_model, get_model_info, list_families, list_models
-from edgecompile.numerics import parity_inputs
-from edgecompile.weights import init_for_parity
+from edgecompile.pipeline import flops
+from edgecompile.pipeline.numerics import parity_inputs
+from edgecompile.pipeline.weights import init_for_parity
 
 ALL = list_models()
 FAMILIES = ["squeezenet", "mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2",

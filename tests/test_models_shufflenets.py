@@ -15,10 +15,10 @@ import torch
 from published_keys import bn_keys, load_published, synthetic
 from torch import nn
 
-from edgecompile.flops import count_params
 from edgecompile.models import create_model, get_model_info, list_models
 from edgecompile.models.shufflenet_v1 import channel_shuffle_v1
 from edgecompile.models.shufflenet_v2 import channel_shuffle
+from edgecompile.pipeline.flops import count_params
 
 
 def _channels(x: torch.Tensor) -> list[int]:

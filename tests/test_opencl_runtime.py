@@ -54,8 +54,8 @@ needs_opencl = pytest.mark.opencl
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory) -> Path:
     """Build the plug-in from source into a fresh directory and load it into this process."""
-    from edgecompile.opencl_runtime import ensure_loaded
-    from edgecompile.opencl_runtime.build import build
+    from edgecompile.backend.opencl import ensure_loaded
+    from edgecompile.devices.opencl_runtime.build import build
 
     path = build(tmp_path_factory.mktemp("oclrt"))
     assert path.name == LIB and path.stat().st_size > 0
@@ -86,7 +86,7 @@ def test_plugin_registers_opencl_runtime(plugin):
 
 
 def test_cross_build_aarch64(tmp_path):
-    from edgecompile.opencl_runtime.build import build
+    from edgecompile.devices.opencl_runtime.build import build
 
     path = build(tmp_path, cxx="aarch64-linux-gnu-g++")
     assert _elf_machine(path) == 183  # EM_AARCH64
@@ -232,7 +232,7 @@ def test_rpc_server_loads_plugin(plugin, small_net_lib, tmp_path):
     import tvm
     from tvm import relax, rpc
 
-    from edgecompile.opencl_runtime import rpc_server_args
+    from edgecompile.devices.opencl_runtime import rpc_server_args
 
     _, path, x, ref = small_net_lib
     port = _free_port()

@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompile.artifact import Artifact
-from edgecompile.build import BuildOptions, build
 from edgecompile.errors import EdgeCompileError
+from edgecompile.measure.verify import verify
 from edgecompile.models import create_model, list_families, list_models
-from edgecompile.verify import verify
+from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 
 pytestmark = pytest.mark.tvm
 SWEEP_SIZE = 64
@@ -128,7 +129,7 @@ def test_interrupted_build_keeps_the_existing_artifact(tmp_path, monkeypatch):
         path.write_bytes(b"half a library")
         raise KeyboardInterrupt  # Ctrl-C while the library is being written
 
-    monkeypatch.setattr("edgecompile.stages.compile.tvm_backend.export_library", dies_half_way)
+    monkeypatch.setattr("edgecompile.pipeline.stages.compile.compiler.export_library", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         build(BuildOptions("squeezenet1_1", "x86", output_dir=tmp_path, input_size=SWEEP_SIZE),
               quiet=True)

@@ -14,17 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from edgecompile import tuning
-from edgecompile.build import BuildOptions, build
+from edgecompile.pipeline.build import build, final_graph
+from edgecompile.pipeline.spec import BuildOptions
 from edgecompile.targets import get_target
+from edgecompile.tune import records as tuning
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _fp(name, size, seed=0):
-    model, shape, _ = tuning.final_onnx(name, size, seed=seed)
-    return tuning.graph_fingerprint(model, shape)
+    g = final_graph(BuildOptions(name, "x86", input_size=size, seed=seed))
+    return tuning.graph_fingerprint(g.folded, g.spec.input_shape)
 
 
 def test_fingerprint_ignores_weights_and_sees_shapes():

@@ -5,11 +5,12 @@ import sys
 
 import pytest
 
-from edgecompile.build import BuildOptions, build
-from edgecompile.device import DeviceSpec
+from edgecompile.devices.services import free_port, start_native_server, start_tracker
+from edgecompile.devices.spec import DeviceSpec
 from edgecompile.errors import EdgeCompileError, UsageError
-from edgecompile.rpc_services import free_port, start_native_server, start_tracker
-from edgecompile.verify import verify
+from edgecompile.measure.verify import verify
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 
 pytestmark = [pytest.mark.rpc, pytest.mark.tvm]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgecompile import tvm_backend
+from edgecompile.backend import compiler, core
 from edgecompile.errors import UnknownNameError
 from edgecompile.targets import PresetError, get_target, list_targets
 
@@ -11,7 +11,7 @@ def test_builtin_presets_resolve_and_tvm_accepts_them():
     for name in list_targets():
         p = get_target(name)
         assert p.description and p.target["kind"]
-        tvm_backend.make_target(p.target, p.host)  # TVM itself validates every field
+        compiler.make_target(p.target, p.host)  # TVM itself validates every field
 
 
 def test_rpi4_inherits_arm64_and_overrides_the_core():
@@ -23,8 +23,8 @@ def test_rpi4_inherits_arm64_and_overrides_the_core():
 
 
 def test_x86_native_cpu_is_resolved_to_this_host():
-    t = tvm_backend.target_to_dict(tvm_backend.make_target(get_target("x86").target))
-    assert t["mcpu"] == tvm_backend.host_cpu() != "native"
+    t = compiler.target_to_dict(compiler.make_target(get_target("x86").target))
+    assert t["mcpu"] == core.host_cpu() != "native"
 
 
 def test_unknown_target_suggests_the_closest():

@@ -11,10 +11,12 @@ import shutil
 
 import pytest
 
-from edgecompile import tuning
-from edgecompile.build import BuildOptions, build, build_or_reuse
+from edgecompile.measure.verify import verify
+from edgecompile.pipeline.build import build, build_or_reuse
+from edgecompile.pipeline.spec import BuildOptions
 from edgecompile.targets import get_target
-from edgecompile.verify import verify
+from edgecompile.tune import records as tuning
+from edgecompile.tune import run as tune_run
 
 # Real MetaSchedule runs of a few trials each (about 30 s in all); the real workload below is slow.
 pytestmark = pytest.mark.tvm
@@ -23,7 +25,7 @@ MODEL, SIZE, TASKS, TRIALS = "squeezenet1_1", 64, 2, 4
 
 
 def _opts(root, **kw):
-    return tuning.TuneOptions(MODEL, "x86", trials_per_task=TRIALS, input_size=SIZE, root=root,
+    return tune_run.TuneOptions(MODEL, "x86", trials_per_task=TRIALS, input_size=SIZE, root=root,
                               max_tasks=TASKS, trials_per_iter=TRIALS, cost_model="random",
                               search="replay-trace", seed=0, **kw)
 
@@ -31,7 +33,7 @@ def _opts(root, **kw):
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("records")
-    first = tuning.tune(_opts(root))
+    first = tune_run.tune(_opts(root))
     return root, first
 
 
@@ -59,10 +61,10 @@ def test_records_land_in_the_per_cpu_database(tuned):
 def test_resumed_run_reuses_records(tuned):
     root, first = tuned
     names = tuple(t["task"] for t in first.tasks)
-    again = tuning.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names))
+    again = tune_run.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names))
     assert again.trials_run == 0  # every task already has its budget
     assert [t["trials"] for t in again.tasks] == [t["trials"] for t in first.tasks]
-    more = tuning.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names,
+    more = tune_run.tune(dataclasses.replace(_opts(root), max_tasks=None, only=names,
                                            trials_per_task=TRIALS + 2, seed=1))
     assert 0 < more.trials_run <= TASKS * 2  # only the rest of the larger budget
 
@@ -100,7 +102,7 @@ def test_records_for_another_cpu_are_not_applied(tuned, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_mobilenet_v2_tuning_makes_it_faster(tmp_path):
     """A real workload: 16 trials for each task of MobileNetV2 at 224 (some 10 minutes here)."""
-    r = tuning.tune(tuning.TuneOptions("mobilenet_v2_100", "x86", trials_per_task=16, root=tmp_path))
+    r = tune_run.tune(tune_run.TuneOptions("mobilenet_v2_100", "x86", trials_per_task=16, root=tmp_path))
     assert not r.untuned and r.valid > 0.5 * r.trials_run
 
 
@@ -124,7 +126,7 @@ def test_tuning_leaves_the_thread_setting_as_it_was(tmp_path):
     import os
 
     before = os.environ.get("TVM_NUM_THREADS")
-    tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=1, trials_per_task=1,
+    tune_run.tune(dataclasses.replace(_opts(tmp_path), max_tasks=1, trials_per_task=1,
                                     trials_per_iter=1, threads=7))
     assert os.environ.get("TVM_NUM_THREADS") == before
 
@@ -137,11 +139,11 @@ def test_uneven_budgets_keep_stdout_clean_and_progress_counting(tuned, tmp_path,
     import re
 
     names = tuple(t["task"] for t in tuned[1].tasks)
-    tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names[:1],
+    tune_run.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names[:1],
                                     trials_per_task=2, trials_per_iter=2))
     capfd.readouterr()
     progress = io.StringIO()
-    r = tuning.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names), progress)
+    r = tune_run.tune(dataclasses.replace(_opts(tmp_path), max_tasks=None, only=names), progress)
     assert r.trials_run == 2 + TRIALS  # two groups: 2 left of one task, 4 of the other
     assert capfd.readouterr().out == ""
     counts = [int(m) for m in re.findall(r"\] (\d+)/6 trials", progress.getvalue())]

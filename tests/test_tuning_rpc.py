@@ -8,19 +8,21 @@ the device and were recorded, and that the tuned kernels compute the same as PyT
 
 import pytest
 
-from edgecompile import tuning
-from edgecompile.build import BuildOptions, build
-from edgecompile.device import DeviceSpec
-from edgecompile.rpc_services import start_native_server, start_tracker
+from edgecompile.devices.services import start_native_server, start_tracker
+from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.verify import verify
+from edgecompile.pipeline.build import build
+from edgecompile.pipeline.spec import BuildOptions
 from edgecompile.targets import get_target
-from edgecompile.verify import verify
+from edgecompile.tune import records as tuning
+from edgecompile.tune import run as tune_run
 
 pytestmark = [pytest.mark.tvm, pytest.mark.rpc]
 MODEL, SIZE, TASKS, TRIALS = "squeezenet1_1", 64, 2, 2
 
 
 def test_tune_on_the_emulated_pi_then_the_tuned_artifact_verifies(tmp_path, emulated_rpi4, monkeypatch):
-    r = tuning.tune(tuning.TuneOptions(
+    r = tune_run.tune(tune_run.TuneOptions(
         MODEL, "rpi4", trials_per_task=TRIALS, input_size=SIZE, root=tmp_path, max_tasks=TASKS,
         trials_per_iter=TRIALS, cost_model="random", search="replay-trace", seed=0,
         rpc=emulated_rpi4.address))
@@ -44,7 +46,7 @@ def test_tune_through_a_tracker_key_on_two_devices(tmp_path):
     with start_tracker(logs) as tracker, \
             start_native_server(logs, tracker=tracker.address, key="x86-farm"), \
             start_native_server(logs, tracker=tracker.address, key="x86-farm"):
-        r = tuning.tune(tuning.TuneOptions(
+        r = tune_run.tune(tune_run.TuneOptions(
             MODEL, "x86", trials_per_task=TRIALS, input_size=SIZE, root=tmp_path / "records",
             max_tasks=TASKS, trials_per_iter=TRIALS, cost_model="random", search="replay-trace",
             seed=0, tracker=tracker.address, key="x86-farm"))

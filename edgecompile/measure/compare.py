@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile import numerics, ort, tvm_backend
-from edgecompile.artifact import Artifact
-from edgecompile.build import ModelSpec
+from edgecompile.backend import runtime
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.listing import as_table
+from edgecompile.pipeline import numerics, ort
+from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.spec import ModelSpec
 
 ENGINES = ("tvm", "onnxruntime", "torch")
 ROUNDS = 15
@@ -26,15 +27,11 @@ RUNS_PER_ROUND = 10
 
 
 def _tvm_engine(a: Artifact, x: np.ndarray, threads: int) -> Callable[[], np.ndarray]:
-    model = tvm_backend.load_local(a.library, "cpu", a.manifest["input"]["name"])
+    model = runtime.load_local(a.library, "cpu", a.manifest["input"]["name"])
     model.configure_threads(threads, "default")
     dev_x = model.put(x)
 
-    def run() -> np.ndarray:
-        out = model.vm["main"](dev_x)
-        return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-
-    return run
+    return lambda: model.run_uploaded(dev_x)
 
 
 def _ort_engine(a: Artifact, x: np.ndarray, threads: int) -> Callable[[], np.ndarray]:
@@ -62,7 +59,7 @@ _FACTORIES = {"tvm": _tvm_engine, "onnxruntime": _ort_engine, "torch": _torch_en
 
 def compare_engines(a: Artifact, others: list[str], threads: int, rounds: int = ROUNDS,
                     runs_per_round: int = RUNS_PER_ROUND) -> dict[str, Any]:
-    from edgecompile.verify import runs_on_this_host
+    from edgecompile.measure.load import runs_on_this_host
 
     unknown = [e for e in others if e not in ENGINES]
     if unknown:

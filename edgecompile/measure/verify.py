@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompile import numerics, ort, tvm_backend
-from edgecompile.artifact import Artifact
-from edgecompile.build import ModelSpec
-from edgecompile.device import DeviceSpec
+from edgecompile.devices.spec import DeviceSpec
 from edgecompile.errors import EdgeCompileError
+from edgecompile.measure.load import load_artifact_model
+from edgecompile.pipeline import numerics, ort
+from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.spec import ModelSpec
 
 DEFAULT_SAMPLES = 4
 
@@ -27,30 +28,6 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return self.onnx.ok and self.tvm.ok
-
-
-def runs_on_this_host(a: Artifact) -> bool:
-    """A linked library whose (host) code this CPU can execute; whether a GPU device exists
-    here is the loader's question."""
-    t = a.manifest["target"]
-    host_code = t["tvm_target"].get("host", t["tvm_target"])
-    return a.library.suffix == ".so" and tvm_backend.can_run_here(host_code)
-
-
-def load_artifact_model(a: Artifact, device: DeviceSpec,
-                        session=None) -> tvm_backend.LoadedModel:
-    """The artifact's library loaded on its device: here, or uploaded over RPC (through
-    ``session`` = (RPC session, server) when the caller has already opened one)."""
-    kind, name = a.manifest["target"]["device"], a.manifest["input"]["name"]
-    if device.is_local:
-        if not runs_on_this_host(a):
-            raise EdgeCompileError(
-                f"{a.path}: built for '{a.manifest['target']['preset']}', which this host "
-                "cannot run; give the device with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
-            )
-        return tvm_backend.load_local(a.library, kind, name)
-    session, server = session or tvm_backend.open_session(device)
-    return tvm_backend.load_remote(session, a.library, kind, name, server)
 
 
 def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234,

@@ -10,7 +10,7 @@ ship (``tvm/include``, ``tvm_ffi/include``, dlpack).  It links neither TVM nor O
 That makes a cross build need nothing but a cross C++ compiler: the wheels' headers are the same
 on every architecture.  Usage::
 
-    python -m edgecompile.opencl_runtime.build --out DIR [--cxx aarch64-linux-gnu-g++]
+    python -m edgecompile.devices.opencl_runtime.build --out DIR [--cxx aarch64-linux-gnu-g++]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m edgecompile.opencl_runtime.build",
+        prog="python -m edgecompile.devices.opencl_runtime.build",
         description=f"Build {LIB_NAME}, TVM's OpenCL runtime plug-in.",
     )
     ap.add_argument("--out", type=Path, required=True, help="output directory")

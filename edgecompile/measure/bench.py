@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile import numerics, tvm_backend
-from edgecompile.artifact import Artifact
-from edgecompile.device import DeviceSpec
-from edgecompile.results import record_header
-from edgecompile.verify import load_artifact_model
+from edgecompile.backend import core
+from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.load import load_artifact_model
+from edgecompile.measure.results import record_header
+from edgecompile.pipeline import numerics
+from edgecompile.pipeline.artifact import Artifact
 
 AFFINITIES = ("default", "big", "little", "all")
 
@@ -51,7 +52,7 @@ def load_timed(a: Artifact, device: DeviceSpec, session=None) -> tuple[Any, dict
     """The artifact loaded on its device, and the cold start: upload + load, first run.
     ``session``: an already opened (RPC session, server), so waiting for a device is not timed."""
     x = numerics.parity_inputs(1, tuple(a.manifest["input"]["shape"])[1:])
-    tvm_backend.warm_import()  # the one-time import of TVM is not the device's cold start
+    core.warm_import()  # the one-time import of TVM is not the device's cold start
     t0 = time.perf_counter()
     model = load_artifact_model(a, device, session)
     t1 = time.perf_counter()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgecompile.artifact import Artifact
+from edgecompile.pipeline.artifact import Artifact
 
 
 def record_header(kind: str, a: Artifact, device_description: str, server: str) -> dict[str, Any]:

@@ -11,9 +11,9 @@ This package holds a small one (C++ sources beside this file) that registers
 
 and opens ``libOpenCL.so.1`` with dlopen at run time (no link-time OpenCL dependency).
 
-In this process::
+In this process (loading it into TVM is the backend's job)::
 
-    from edgecompile.opencl_runtime import ensure_loaded
+    from edgecompile.backend.opencl import ensure_loaded
     ensure_loaded()              # builds into a cache dir on first use, then loads it
     import tvm; tvm.opencl(0).exist   # True with any OpenCL ICD (pocl, Mali, Adreno)
 
@@ -32,28 +32,21 @@ GPUs if any, else all devices), ``EDGECOMPILE_OPENCL_BUILD_OPTIONS`` (passed to 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import threading
 from pathlib import Path
 
-# build.py is imported lazily: it also runs as ``python -m edgecompile.opencl_runtime.build``,
+# build.py is imported lazily: it also runs as ``python -m edgecompile.devices.opencl_runtime.build``,
 # and importing it here first would make runpy warn about a module already in sys.modules.
 LIB_NAME = "libtvm_runtime_opencl.so"
 
 __all__ = [
     "LIB_NAME",
     "default_lib_dir",
-    "describe",
     "ensure_built",
-    "ensure_loaded",
     "process_env",
     "rpc_server_args",
 ]
 
-_LOCK = threading.Lock()
-_HANDLE: ctypes.CDLL | None = None
-_LOADED_PATH: Path | None = None
 
 
 def default_lib_dir() -> Path:
@@ -75,50 +68,6 @@ def ensure_built(lib_dir: Path | None = None) -> Path:
 
         build(lib_dir)
     return path
-
-
-def _registered() -> bool:
-    import tvm
-
-    return tvm.get_global_func("device_api.opencl", allow_missing=True) is not None
-
-
-def ensure_loaded(lib_dir: Path | None = None) -> Path | None:
-    """Make ``tvm.opencl(...)`` usable in this process; return the plug-in that was loaded.
-
-    Imports tvm first (the plug-in resolves its TVM symbols from the ``RTLD_GLOBAL``-loaded
-    ``libtvm_runtime.so`` / ``libtvm_ffi.so``), then loads ``lib_dir/libtvm_runtime_opencl.so``
-    (building it there, or in the cache dir, when missing) with ctypes; its static initialisers
-    register the global functions.  Idempotent.  If an OpenCL runtime is registered already (a
-    TVM build with OpenCL, or this plug-in picked up through ``LD_LIBRARY_PATH``) nothing else is
-    loaded and None is returned, unless this function loaded it earlier.
-    """
-    global _HANDLE, _LOADED_PATH
-    import tvm  # noqa: F401  (loads libtvm_ffi / libtvm_runtime RTLD_GLOBAL before the plug-in)
-    from tvm.base import _LOADED_LIBS
-
-    with _LOCK:
-        if _HANDLE is not None:
-            return _LOADED_PATH
-        if _registered():
-            return None
-        path = ensure_built(lib_dir)
-        handle = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
-        if not _registered():
-            raise RuntimeError(f"{path} loaded but did not register device_api.opencl")
-        _LOADED_LIBS["tvm_runtime_opencl"] = handle  # same slot tvm.backend.opencl uses
-        _HANDLE, _LOADED_PATH = handle, path
-        return path
-
-
-def describe() -> str:
-    """Which OpenCL library the plug-in opened and which devices it sees."""
-    import tvm
-
-    f = tvm.get_global_func("edgecompile.opencl.describe", allow_missing=True)
-    if f is None:
-        return "the edgecompile OpenCL plug-in is not loaded"
-    return str(f())
 
 
 def process_env(lib_dir: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:

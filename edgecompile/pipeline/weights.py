@@ -9,7 +9,7 @@ has non-trivial scales and shifts to get right).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,35 +49,35 @@ def init_for_parity(model: nn.Module, seed: int, input_size: int) -> nn.Module:
     return model.eval()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@functools.lru_cache(maxsize=2)
+def _load(path: Path, mtime_ns: int, size: int) -> Any:
+    # Keyed on the file's mtime and size too, so a rewritten file is read again. A build reads
+    # the checkpoint's meta first and its state dict later: one torch.load serves both.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EdgeCompileError(f"weights file {path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def _load_checkpoint(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCompileError(f"weights file {path}: no such file")
+    st = path.stat()
+    return _load(path.resolve(), st.st_mtime_ns, st.st_size)
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The ``meta`` dict our own checkpoints carry (model, classes, input size, mean/std...);
     empty for published checkpoints, which carry none."""
-    if not Path(path).is_file():
-        raise EdgeCompileError(f"weights file {path}: no such file")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise EdgeCompileError(f"weights file {path}: not a readable PyTorch checkpoint ({e})") from None
+    obj = _load_checkpoint(path)
     meta = obj.get("meta") if isinstance(obj, Mapping) else None
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint file, unwrapped from the usual containers and prefixes."""
-    if not path.is_file():
-        raise EdgeCompileError(f"weights file {path}: no such file")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise EdgeCompileError(f"weights file {path}: not a readable PyTorch checkpoint ({e})") from None
+    obj = _load_checkpoint(path)
     for _ in range(3):  # {'state_dict': {...}}, {'model': {'state_dict': ...}}, ...
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)

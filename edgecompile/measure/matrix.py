@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.build import build_or_reuse
 from edgecompile.errors import EdgeCompileError, UsageError
-from edgecompile.results import append_jsonl
+from edgecompile.measure.results import append_jsonl
+from edgecompile.pipeline.build import build_or_reuse
 from edgecompile.targets import get_target
 
 
@@ -113,20 +113,22 @@ class Farm:
         """key -> workers: the devices registered under each key the jobs need."""
         keys = sorted({j.key for j in jobs})
         if not self.opts.tracker:
-            from edgecompile import tvm_backend
+            from edgecompile.backend import compiler
+            from edgecompile.devices import tracker
 
             def here(target: str) -> bool:
                 preset = get_target(target)
-                return preset.device == "cpu" and tvm_backend.can_run_here(preset.target)
+                return preset.device == "cpu" and compiler.can_run_here(preset.target)
 
             elsewhere = sorted({j.target for j in jobs if not here(j.target)})
             if elsewhere:
                 raise UsageError(f"target(s) {', '.join(elsewhere)} do not run on this host: give "
                                  "--tracker HOST:PORT with devices registered under their keys")
             return {k: 1 for k in keys}
-        from edgecompile import tvm_backend
+        from edgecompile.backend import compiler
+        from edgecompile.devices import tracker
 
-        registered = tvm_backend.tracker_key_counts(self.opts.tracker)
+        registered = tracker.key_counts(self.opts.tracker)
         missing = [k for k in keys if not registered.get(k)]
         if missing:
             raise EdgeCompileError(
@@ -202,7 +204,7 @@ class Farm:
         """One try of ``job``: (result, device_lost); device_lost None means the lease named a
         server that already failed this run, and was handed back without using an attempt."""
         o = self.opts
-        argv = [sys.executable, "-m", "edgecompile.farm_job", str(job.artifact),
+        argv = [sys.executable, "-m", "edgecompile.measure.farm_job", str(job.artifact),
                 "--min-time", str(o.bench_min_time_s), "--min-runs", str(o.bench_min_runs),
                 "--warmup", str(o.warmup), "--lease-timeout", str(o.lease_timeout_s)]
         argv += ["--tracker", o.tracker, "--key", job.key] if o.tracker else []
@@ -246,9 +248,9 @@ class Farm:
     def _still_registered(self, key: str, server: str) -> bool:
         if not self.opts.tracker:
             return True
-        from edgecompile import tvm_backend
+        from edgecompile.devices import tracker
 
-        return server in tvm_backend.tracker_servers(self.opts.tracker, key)
+        return server in tracker.servers(self.opts.tracker, key)
 
     def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
         rec = {

@@ -6,9 +6,6 @@ parent), is waited for until it accepts connections, and is stopped by killing t
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgecompile.devices import tracker as tracker_protocol
+from edgecompile.devices.net import accepts, free_port, kill_group
+from edgecompile.devices.opencl_runtime import rpc_server_args
 from edgecompile.errors import EdgeCompileError
 
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -54,21 +40,8 @@ class Service:
         return self.proc.poll() is None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=timeout_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The group may hold forked workers after the leader exits: make sure none survive.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """End the whole process group: the server's forked workers too."""
+        kill_group(self.proc, grace_s=timeout_s)
 
     def __enter__(self) -> Service:
         return self
@@ -87,7 +60,7 @@ def spawn(name: str, argv: Sequence[str], host: str, port: int, log_dir: Path,
         proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     svc = Service(name, host, port, proc, log, key)
-    ready = ready or (lambda: _accepts(host, port))
+    ready = ready or (lambda: accepts(host, port))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not svc.alive():
@@ -118,8 +91,6 @@ def start_native_server(log_dir: Path, port: int | None = None, tracker: str | N
     argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
             "--port-end", str(port + 1)]
     if opencl:
-        from edgecompile.opencl_runtime import rpc_server_args
-
         argv += rpc_server_args()
     if tracker:
         argv += ["--tracker", tracker, "--key", key or "x86"]
@@ -127,24 +98,5 @@ def start_native_server(log_dir: Path, port: int | None = None, tracker: str | N
     if tracker:
         # Ask the tracker, never the server: a probe connection to the server counts as a
         # (failed) session, after which the server drops and re-registers its slot.
-        ready = lambda: key_registered(tracker, key or "x86", port)  # noqa: E731
+        ready = lambda: tracker_protocol.registered(tracker, key or "x86", port)  # noqa: E731
     return spawn("rpc-server", argv, host, port, log_dir, env=env, key=key, ready=ready)
-
-
-def key_registered(tracker: str, key: str, port: int | None = None) -> bool:
-    """True once a server (on ``port``, if given) is registered under ``key`` and has put its
-    slot in the tracker's queue (the two happen one after the other)."""
-    from tvm import rpc
-
-    host, _, tport = tracker.rpartition(":")
-    try:
-        summary = rpc.connect_tracker(host, int(tport)).summary()
-    except Exception:
-        return False
-    if summary.get("queue_info", {}).get(key, {}).get("free", 0) < 1:
-        return False
-    return any(
-        str(info.get("key", "")).removeprefix("server:") == key
-        and (port is None or int(info.get("addr", [None, -1])[1]) == port)
-        for info in summary.get("server_info", [])
-    )

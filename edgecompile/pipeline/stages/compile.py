@@ -8,17 +8,17 @@ from typing import Any
 
 import onnx
 
-from edgecompile import tvm_backend
+from edgecompile.backend import compiler
 from edgecompile.errors import EdgeCompileError
 from edgecompile.targets import TargetPreset
-from edgecompile.tuning import compile_with_records
+from edgecompile.tune.records import compile_with_records
 
 
 @dataclass(frozen=True)
 class CompiledLibrary:
     path: Path
     target: dict[str, Any]  # the full TVM target, as TVM canonicalised it (host included)
-    kernels: dict[str, Any]  # GPU targets: device-kernel report (see tvm_backend.device_kernels)
+    kernels: dict[str, Any]  # GPU targets: device-kernel report (see compiler.device_kernels)
     tuning: dict[str, Any] = field(default_factory=lambda: {"records": None})  # manifest "tuning"
 
 
@@ -31,24 +31,24 @@ def compile_onnx(
     pipeline: str = "default",
     use_records: bool = True,
 ) -> CompiledLibrary:
-    target = tvm_backend.make_target(preset.target, preset.host)
-    # Tuning records for this preset on this CPU (see edgecompile.tuning), if any match.
+    target = compiler.make_target(preset.target, preset.host)
+    # Tuning records for this preset on this CPU (see edgecompile.tune.records), if any match.
     mod, tuning = (compile_with_records(model, input_name, input_shape, preset, target)
                    if use_records else (None, {"records": None, "reason": "not requested"}))
     if mod is None:
-        mod = tvm_backend.import_onnx(model, input_name, input_shape)
-    executable = tvm_backend.compile_module(mod, target, pipeline)
-    kernels = tvm_backend.device_kernels(executable, preset.device)
+        mod = compiler.import_onnx(model, input_name, input_shape)
+    executable = compiler.compile_module(mod, target, pipeline)
+    kernels = compiler.device_kernels(executable, preset.device)
     if kernels and kernels["on_host"]:
         raise EdgeCompileError(
             f"{len(kernels['on_host'])} of {kernels['functions']} compute functions were not "
             f"scheduled for {preset.device} and would silently run on the host CPU: "
             + ", ".join(kernels["on_host"][:8])
         )
-    tvm_backend.export_library(executable, out_path, preset.cross_compiler)
+    compiler.export_library(executable, out_path, preset.cross_compiler)
     if kernels and out_path.suffix == ".so":
         _check_source_embedded(out_path, kernels)
-    return CompiledLibrary(out_path, tvm_backend.target_to_dict(target), kernels, tuning)
+    return CompiledLibrary(out_path, compiler.target_to_dict(target), kernels, tuning)
 
 
 def _check_source_embedded(lib: Path, kernels: dict[str, Any]) -> None:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
-from edgecompile.errors import EdgeCompileError, UsageError
+from edgecompile.devices.net import parse_hostport
+from edgecompile.errors import UsageError
 
 DEFAULT_TIMEOUT_S = 30.0
-
-
-def parse_hostport(value: str, flag: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{flag} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
-    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -45,14 +38,3 @@ class DeviceSpec:
         if self.tracker:
             return f"tracker {self.tracker} key '{self.key}'"
         return "this host"
-
-
-def check_reachable(value: str, what: str, timeout_s: float) -> None:
-    """Fail in one line, now, when nothing listens: TVM's own client retries for a minute."""
-    host, port = parse_hostport(value, what)
-    try:
-        with socket.create_connection((host, port), timeout=min(timeout_s, 10.0)):
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise EdgeCompileError(f"cannot reach {what} {value}: {reason}") from None

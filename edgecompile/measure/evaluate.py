@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgecompile.artifact import Artifact
-from edgecompile.build import ModelSpec
-from edgecompile.dataset import scan
-from edgecompile.device import DeviceSpec
-from edgecompile.preprocess import Preprocess
-from edgecompile.results import record_header
-from edgecompile.verify import load_artifact_model
+from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.dataset import scan
+from edgecompile.measure.load import load_artifact_model
+from edgecompile.measure.results import record_header
+from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.preprocess import Preprocess
+from edgecompile.pipeline.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""`edgecompile build`: model name + target preset -> artifact directory."""
+"""`edgecompile build`: model name + target preset -> artifact directory.
+
+The stages run as functions from artifact to artifact: PyTorch model -> ONNX -> onnxsim ->
+BN folded (``final_graph``, shared with tuning, which must see exactly what a build compiles)
+-> TVM library (``stages.compile``) -> the artifact directory with its manifest.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,113 +18,54 @@ import torch
 from torch import nn
 
 import edgecompile
-from edgecompile import artifact as art
-from edgecompile import flops, numerics, ort, tvm_backend
+from edgecompile.backend import core
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.models import ModelInfo, get_model_info
+from edgecompile.pipeline import artifact as art
+from edgecompile.pipeline import flops, numerics, ort
+from edgecompile.pipeline.spec import BuildOptions, ModelSpec, effective_preset
+from edgecompile.pipeline.stages.compile import compile_onnx
+from edgecompile.pipeline.stages.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from edgecompile.pipeline.stages.fold_bn import FoldReport, count_ops, fold_batchnorm
+from edgecompile.pipeline.stages.simplify import simplify_onnx
+from edgecompile.pipeline.weights import checkpoint_meta
 from edgecompile.progress import StageProgress
-from edgecompile.stages.compile import compile_onnx
-from edgecompile.stages.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
-from edgecompile.stages.fold_bn import count_ops, fold_batchnorm
-from edgecompile.stages.simplify import simplify_onnx
-from edgecompile.targets import TargetPreset, get_target
-from edgecompile.tuning import records_unchanged
-from edgecompile.weights import checkpoint_meta, file_sha256, init_for_parity, load_weights
+from edgecompile.targets import TargetPreset
+from edgecompile.tune.records import records_unchanged
 
-MIN_INPUT_SIZE = 32  # every family downsamples by 32
 STAGE_CHECK_INPUTS = 2  # inputs each stage's before/after check runs
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    model: str
-    target: str
-    output_dir: Path = Path("build")
-    input_size: int | None = None  # None: the variant's own
-    weights: Path | None = None  # None: seeded parity init (see weights.init_for_parity)
-    num_classes: int | None = None  # None: the variant's own
-    seed: int = 0
-    opset: int = DEFAULT_OPSET
-    # GPU presets: compile the host side for this machine instead of the board, so the
-    # preset's GPU kernels run here (e.g. on pocl) for testing.
-    native_host: bool = False
-    library_format: str = "so"  # "so": linked library; "tar": objects, linked elsewhere
-    # Apply the tuning records for this preset + CPU (tuning/<preset>-<cpu>/) when this model
-    # graph was tuned into them; a lookup of the graph's fingerprint, free when it was not.
-    use_records: bool = True
+class FinalGraph:
+    """The front half's artifact: the PyTorch model and the ONNX graph TVM compiles."""
+
+    info: ModelInfo
+    spec: ModelSpec
+    meta: dict[str, Any]  # the checkpoint's own meta ({} for init or published weights)
+    model: nn.Module
+    exported: onnx.ModelProto
+    folded: onnx.ModelProto  # after onnxsim and BN folding: what the back end compiles
+    report: FoldReport
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to re-create the exact PyTorch model an artifact was built from."""
-
-    name: str
-    input_size: int
-    num_classes: int
-    weights: dict[str, Any]  # {"source": "init", "seed": 0} or {"source": "file", ...}
-
-    @classmethod
-    def from_options(cls, opts: BuildOptions, info: ModelInfo, meta: dict[str, Any]) -> ModelSpec:
-        """Explicit options win, then the checkpoint's own meta, then the variant's defaults."""
-        size = opts.input_size or meta.get("input_size") or info.input_size
-        if size < MIN_INPUT_SIZE:
-            raise UsageError(f"--input-size {size} is below the minimum of {MIN_INPUT_SIZE}")
-        if opts.weights is None:
-            weights: dict[str, Any] = {"source": "init", "seed": opts.seed}
-        else:
-            path = Path(opts.weights).resolve()
-            if not path.is_file():
-                raise UsageError(f"--weights {opts.weights}: no such file")
-            weights = {"source": "file", "path": str(path), "sha256": file_sha256(path)}
-        num_classes = opts.num_classes or meta.get("num_classes") or info.num_classes
-        return cls(info.name, size, num_classes, weights)
-
-    def create(self) -> nn.Module:
-        info = get_model_info(self.name)
-        model = info.create(num_classes=self.num_classes)
-        if self.weights["source"] == "init":
-            return init_for_parity(model, self.weights["seed"], self.input_size)
-        path = Path(self.weights["path"])
-        if path.is_file() and file_sha256(path) != self.weights["sha256"]:
-            raise EdgeCompileError(f"weights file {path} changed since the build (sha256 differs)")
-        return load_weights(model, info, path)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, 3, self.input_size, self.input_size)
-
-
-LIBRARY_FORMATS = ("so", "tar")
-
-
-def effective_preset(opts: BuildOptions) -> TargetPreset:
-    preset = get_target(opts.target)
-    if opts.library_format not in LIBRARY_FORMATS:
-        raise UsageError(f"--library-format must be one of {', '.join(LIBRARY_FORMATS)}")
-    if not opts.native_host:
-        tvm_backend.check_linker(preset.cross_compiler, opts.library_format)
-        return preset
-    if preset.device == "cpu":
-        raise UsageError(f"--native-host is for GPU presets; '{preset.name}' is a CPU target")
-    return dataclasses.replace(preset, host={"kind": "llvm", "mcpu": "native"}, cross_compiler=None)
-
-
-def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
-    info = get_model_info(opts.model)  # unknown names fail here, before any work
-    preset = effective_preset(opts)
+def resolve_spec(opts: BuildOptions) -> tuple[ModelInfo, ModelSpec, dict[str, Any]]:
+    """The variant, the exact model to create and the checkpoint's meta; bad names, missing
+    files and a checkpoint of another model fail here, before any work."""
+    info = get_model_info(opts.model)
     if opts.weights is not None and not Path(opts.weights).is_file():
         raise UsageError(f"--weights {opts.weights}: no such file")
     meta = checkpoint_meta(Path(opts.weights)) if opts.weights else {}
     if meta.get("model", info.name) != info.name:
         raise UsageError(f"--weights {opts.weights} is a checkpoint of {meta['model']}, not {info.name}")
-    spec = ModelSpec.from_options(opts, info, meta)
-    suffix = "-native-host" if opts.native_host else ""
-    final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}{suffix}"
-    library = f"model.{opts.library_format}"
-    progress = StageProgress(total=5, quiet=quiet)
-    progress.note(f"{info.name} ({info.family}) -> {preset.name}: {preset.description}")
-    progress.note(f"input {spec.input_shape}, weights {spec.weights['source']}, out {final_dir}")
+    return info, ModelSpec.from_options(opts, info, meta), meta
 
+
+def final_graph(opts: BuildOptions, progress: StageProgress | None = None) -> FinalGraph:
+    """Model -> ONNX -> onnxsim -> BN folded, each stage checked against the one before on
+    ONNX Runtime."""
+    progress = progress or StageProgress(total=4, quiet=True)
+    info, spec, meta = resolve_spec(opts)
     with progress.stage("model", "create PyTorch model"):
         model = spec.create()
     with progress.stage("export", f"ONNX opset {opts.opset}"):
@@ -132,19 +77,31 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
         folded, report = fold_batchnorm(simplified)
         _check_same(simplified, folded, spec.input_shape, "BN folding")
         progress.note(f"{report.folded} folded into Conv/Gemm, {report.affine} as Mul+Add")
+    return FinalGraph(info, spec, meta, model, exported, folded, report)
+
+
+def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
+    info, spec, _ = resolve_spec(opts)  # unknown names fail here, before any work
+    preset = effective_preset(opts)
+    suffix = "-native-host" if opts.native_host else ""
+    final_dir = Path(opts.output_dir) / f"{info.name}-{preset.name}{suffix}"
+    library = f"model.{opts.library_format}"
+    progress = StageProgress(total=5, quiet=quiet)
+    progress.note(f"{info.name} ({info.family}) -> {preset.name}: {preset.description}")
+    progress.note(f"input {spec.input_shape}, weights {spec.weights['source']}, out {final_dir}")
+    g = final_graph(opts, progress)
 
     with art.atomic_directory(final_dir) as tmp:
-        onnx.save(folded, tmp / art.ONNX_FILE)
-        with progress.stage("compile", f"TVM {tvm_backend.version()} for {preset.target['kind']}"):
-            lib = compile_onnx(folded, INPUT_NAME, spec.input_shape, preset, tmp / library,
+        onnx.save(g.folded, tmp / art.ONNX_FILE)
+        with progress.stage("compile", f"TVM {core.version()} for {preset.target['kind']}"):
+            lib = compile_onnx(g.folded, INPUT_NAME, spec.input_shape, preset, tmp / library,
                                use_records=opts.use_records)
         if lib.tuning.get("records"):
             progress.note(f"tuning records {lib.tuning['records']}: "
                           f"{lib.tuning['tasks_matched']}/{lib.tuning['tasks_total']} tasks tuned")
         if lib.kernels:
             progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
-        manifest = _manifest(info, spec, preset, lib, exported, folded, report, model,
-                             opts, progress.timings, meta)
+        manifest = _manifest(g, preset, lib, opts, progress.timings)
         manifest["files"] = art.describe_files(tmp, [library, art.ONNX_FILE])
         art.write_json(tmp / art.MANIFEST, manifest)
     return art.Artifact.load(final_dir)
@@ -157,9 +114,10 @@ def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, shape, what: st
         raise EdgeCompileError(f"{what} changed the outputs: {cmp}")
 
 
-def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded,
-              report, model: nn.Module, opts: BuildOptions, timings,
-              meta: dict[str, Any]) -> dict[str, Any]:
+def _manifest(g: FinalGraph, preset: TargetPreset, lib, opts: BuildOptions,
+              timings) -> dict[str, Any]:
+    info, spec, meta, model, exported, folded, report = (
+        g.info, g.spec, g.meta, g.model, g.exported, g.folded, g.report)
     # Preprocessing: a checkpoint trained with its own (e.g. digits at 32 px) says so in meta.
     mean, std = meta.get("mean", info.mean), meta.get("std", info.std)
     return {
@@ -195,7 +153,7 @@ def _manifest(info, spec: ModelSpec, preset: TargetPreset, lib, exported, folded
         },
         "tuning": lib.tuning,
         "versions": {
-            "edgecompile": edgecompile.__version__, "tvm": tvm_backend.version(),
+            "edgecompile": edgecompile.__version__, "tvm": core.version(),
             "onnx": onnx.__version__, "torch": torch.__version__, "numpy": np.__version__,
         },
     }
@@ -218,7 +176,7 @@ def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Pat
         a = art.Artifact.load(existing)
         same = (a.manifest["spec"]["input_size"] == (input_size or info.input_size)
                 and a.manifest["spec"]["weights"] == {"source": "init", "seed": opts.seed}
-                and a.manifest["versions"]["tvm"] == tvm_backend.version()
+                and a.manifest["versions"]["tvm"] == core.version()
                 and a.manifest["versions"]["edgecompile"] == edgecompile.__version__
                 and not a.hash_mismatches()
                 and records_unchanged(a.manifest.get("tuning") or {}, onnx.load(a.onnx),

@@ -1,8 +1,8 @@
 """MetaSchedule: the second half of our TVM layer.
 
 Everything that touches ``tvm.s_tir`` (MetaSchedule's home in TVM 0.27) lives here, the way
-``tvm_backend`` holds the rest. The policy (which records apply to which target, how the budget
-is split, resuming) lives in ``edgecompile.tuning``.
+the rest of the backend package holds the rest. The policy (which records apply to which target, how the budget
+is split, resuming) lives in ``edgecompile.tune``.
 
 The module a model is tuned and built from is prepared the same way both times (``prepare``),
 so the tasks' structural hashes -- the database's keys -- match between ``tune`` and ``build``.
@@ -22,7 +22,8 @@ from typing import Any
 
 import onnx
 
-from edgecompile import tvm_backend
+from edgecompile.backend import compiler
+from edgecompile.backend.core import load_tvm
 from edgecompile.errors import EdgeCompileError
 
 WORKLOAD_FILE = "database_workload.json"
@@ -92,7 +93,7 @@ def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], tar
     (AttachAttrLayoutFreeBuffers), so MetaSchedule may pick a weight layout for each kernel;
     ``apply_records`` then transforms the weights once, at build time.
     """
-    tvm = tvm_backend._tvm()
+    tvm = load_tvm()
     from tvm import relax
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
@@ -135,7 +136,7 @@ class Task:
 
 def extract_tasks(prepared: Prepared, target) -> list[Task]:
     ms = _ms()
-    tvm = tvm_backend._tvm()
+    tvm = load_tvm()
     extracted = ms.relax_integration.extract_tasks(prepared.mod, target)
     at_runtime = _runtime_functions(prepared.mod)
     tasks = []
@@ -155,7 +156,7 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
 
 def _runtime_functions(mod) -> set[str]:
     """Names of the PrimFuncs main still calls once weight-only computation is lifted out."""
-    tvm = tvm_backend._tvm()
+    tvm = load_tvm()
     from tvm import relax
 
     lifted = relax.transform.LiftTransformParams()(mod)
@@ -234,7 +235,7 @@ def _export_candidate(mod, cross_compiler: str | None = None) -> str:
     if hasattr(mod, "mod") and not hasattr(mod, "export_library"):
         mod = mod.mod
     path = Path(tempfile.mkdtemp(prefix="ec-ms-")) / ("cand.tar" if cross_compiler is None else "cand.so")
-    tvm_backend.export_library(mod, path, cross_compiler)
+    compiler.export_library(mod, path, cross_compiler)
     return str(path)
 
 
@@ -317,7 +318,7 @@ def make_rpc_runner(tracker: str | None, key: str | None, rpc: str | None, worke
     """Candidates measured on remote devices: every device under ``key`` at ``tracker`` in
     parallel (``workers`` of them), or one server reached directly with ``rpc``."""
     ms = _ms()
-    from edgecompile.device import parse_hostport
+    from edgecompile.devices.spec import parse_hostport
 
     if tracker:
         host, port = parse_hostport(tracker, "--tracker")
@@ -451,7 +452,7 @@ def apply_records(prepared: Prepared, target, directory: Path) -> Applied:
     here, and the transformed weights bound into ``main`` as constants: the artifact keeps its
     one-input interface."""
     _ms()
-    tvm = tvm_backend._tvm()
+    tvm = load_tvm()
     from tvm import relax
 
     database = open_database(directory)
@@ -489,7 +490,7 @@ def _drop_num_input(mod):
 
 def _bind_transformed_params(mod, params):
     """Run ``main_transform_params`` here (CPU, on this host) and bind its outputs into main."""
-    tvm = tvm_backend._tvm()
+    tvm = load_tvm()
     from tvm import relax
 
     name = "main_transform_params"

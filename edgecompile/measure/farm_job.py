@@ -1,6 +1,6 @@
 """One device job of `edgecompile matrix`, run as its own process.
 
-    python -m edgecompile.farm_job ARTIFACT --tracker H:P --key K [--data DIR] ...
+    python -m edgecompile.measure.farm_job ARTIFACT --tracker H:P --key K [--data DIR] ...
 
 Prints JSON events on stdout, one per line: {"event": "leased", "server": ...} once the
 tracker's device has the library loaded, then {"event": "result", ...} or {"event": "error"}.
@@ -23,7 +23,7 @@ def emit(event: str, **data) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgecompile.farm_job")
+    p = argparse.ArgumentParser(prog="python -m edgecompile.measure.farm_job")
     p.add_argument("artifact", type=Path)
     p.add_argument("--rpc")
     p.add_argument("--tracker")
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-timeout", type=float, default=3600.0, help="wait for a free device, s")
     args = p.parse_args(argv)
     try:
-        from edgecompile import tvm_backend
-        from edgecompile.artifact import Artifact
-        from edgecompile.bench import BenchOptions, bench_artifact, load_timed
-        from edgecompile.device import DeviceSpec
-        from edgecompile.evaluate import EvalOptions, evaluate
+        from edgecompile.backend import rpc_client
+        from edgecompile.devices.spec import DeviceSpec
+        from edgecompile.measure.bench import BenchOptions, bench_artifact, load_timed
+        from edgecompile.measure.evaluate import EvalOptions, evaluate
+        from edgecompile.pipeline.artifact import Artifact
 
         a = Artifact.load(args.artifact)
         # The farm decides how long a busy device may be waited for.
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             session = None
             emit("leased", server="local")
         else:
-            session = tvm_backend.open_session(device, on_lease=lambda s: emit("leased", server=s))
+            session = rpc_client.open_session(device, on_lease=lambda s: emit("leased", server=s))
         model, cold = load_timed(a, device, session)
         bench = bench_artifact(a, device, BenchOptions(warmup=args.warmup, min_time_s=args.min_time,
                                                        min_runs=args.min_runs), loaded=(model, cold))

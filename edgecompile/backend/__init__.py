@@ -1,0 +1,13 @@
+"""Every call into Apache TVM lives in this package; nothing else in edgecompile imports tvm.
+
+TVM moved its Python APIs twice in a year (Relay -> Relax, tvm.contrib -> tvm.support,
+meta_schedule -> s_tir.meta_schedule); keeping them here means the next move is absorbed in one
+place (tests/test_architecture.py enforces it).
+
+- core.py: importing TVM (thread pool sized from the real cores), its version, this host's CPU;
+- compiler.py: targets, ONNX -> Relax, Relax -> executable -> library, GPU kernel checks;
+- runtime.py: a compiled library in a Relax VM, locally or on an RPC session's device;
+- rpc_client.py: RPC sessions, direct or leased from a tracker;
+- metaschedule.py: MetaSchedule tasks, builders, runners, records applied to a module;
+- opencl.py: our OpenCL plug-in loaded into this process's TVM.
+"""

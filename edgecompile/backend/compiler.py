@@ -1,0 +1,183 @@
+"""Compile: target dicts -> TVM targets, ONNX -> Relax, Relax -> executable -> library."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgecompile.backend.core import host_cpu, load_tvm
+from edgecompile.errors import EdgeCompileError
+
+
+def resolve_target(target: dict[str, Any]) -> dict[str, Any]:
+    """Replace the 'native' CPU with this host's, and return the target as TVM canonicalises it."""
+    target = dict(target)
+    if target.get("mcpu") == "native":
+        target["mcpu"] = host_cpu()
+    return target
+
+
+def make_target(target: dict[str, Any], host: dict[str, Any] | None = None):
+    tvm = load_tvm()
+    try:
+        t = tvm.target.Target(resolve_target(target))
+        return tvm.target.Target(t, host=tvm.target.Target(resolve_target(host))) if host else t
+    except Exception as e:  # TVM raises plain ValueError/TVMError with long C++ traces
+        raise EdgeCompileError(f"TVM rejected target {target}: {str(e).splitlines()[0]}") from None
+
+
+def target_to_dict(target) -> dict[str, Any]:
+    """The full target TVM will use (every default filled in), JSON-ready for the manifest."""
+    # A Target prints as its canonical JSON, host included.
+    return json.loads(str(target))
+
+
+def import_onnx(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...]):
+    """ONNX -> Relax IRModule with weights bound as constants (so the compiler can fold them)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model, shape_dict={input_name: list(shape)}, keep_params_in_input=False)
+    except Exception as e:
+        raise EdgeCompileError(f"TVM could not import the ONNX graph: {str(e).splitlines()[0]}") from e
+
+
+GUARDED = "guarded"  # our GPU pipeline: dlight rules that fail pass the function on
+
+
+def compile_module(mod, target, pipeline: str = "default"):
+    """Relax module -> executable. The "default" pipeline legalises, fuses and, for GPU
+    targets, applies dlight's GPU schedules (thread binding) to every kernel. On a GPU target
+    where that fails inside a dlight rule, the guarded pipeline is used instead."""
+    tvm = load_tvm()
+    if pipeline == GUARDED:
+        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    except AssertionError:
+        # Seen: dlight's GEMV rule asserts on a small classifier kernel (10 classes at 32 px)
+        # and takes the whole compile down with it.
+        if pipeline != "default" or "gpu" not in [str(k) for k in target.keys]:
+            raise
+        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+
+
+def _guarded_gpu_pipeline(target):
+    """TVM's generic GPU pipeline, except that a dlight rule which raises on a function is
+    skipped for it (the next rule, at worst Fallback, schedules it). A function no rule can
+    schedule stays host code, which device_kernels() then reports."""
+    tvm = load_tvm()
+    from tvm.relax.backend.gpu_generic import pipeline as gpu
+    from tvm.s_tir import dlight as dl
+
+    class Guarded(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:
+                return None
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback()]
+    legalize = gpu.legalize_passes(target)[:-1] + [dl.ApplyDefaultSchedule(*map(Guarded, rules))]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                gpu.library_dispatch_passes(target) + legalize
+                + gpu.dataflow_lower_passes(target) + gpu.finalize_passes(target)
+            )(mod)
+
+    return _pipeline
+
+
+NDK = "ndk"  # the cross_compiler value that means TVM's Android NDK linker
+
+
+def check_linker(cross_compiler: str | None, library_format: str) -> None:
+    """Fail before any work when the library cannot be linked on this machine."""
+    if cross_compiler is None or library_format == "tar":
+        return
+    if cross_compiler == NDK:
+        if "TVM_NDK_CC" not in os.environ:
+            raise EdgeCompileError(
+                "this target links with the Android NDK, and none is configured: set TVM_NDK_CC "
+                "to the NDK's clang++ (e.g. $ANDROID_NDK_HOME/toolchains/llvm/prebuilt/"
+                "linux-x86_64/bin/aarch64-linux-android28-clang++), or build with "
+                "--library-format tar and link the objects where the NDK is installed"
+            )
+    elif shutil.which(cross_compiler) is None:
+        raise EdgeCompileError(
+            f"cross compiler '{cross_compiler}' not found on PATH "
+            "(Debian: apt-get install g++-aarch64-linux-gnu; the setup script installs it)"
+        )
+
+
+def export_library(executable, path: Path, cross_compiler: str | None = None) -> None:
+    """Write the executable as a shared library (.so), cross-compiling where the target needs
+    it, or as a .tar of object files that needs no linker here."""
+    tvm = load_tvm()
+    fmt = Path(path).suffix.lstrip(".")
+    check_linker(cross_compiler, fmt)
+    if cross_compiler is None or fmt == "tar":
+        executable.export_library(str(path))
+    elif cross_compiler == NDK:
+        executable.export_library(str(path), fcompile=tvm.support.ndk.create_shared)
+    else:
+        executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler))
+
+
+def device_kernels(executable, device: str) -> dict[str, Any]:
+    """Which compute functions became device kernels, and which stayed on the host.
+
+    TVM 0.27 silently leaves a PrimFunc as host code when no GPU schedule applies to it, so a
+    GPU artifact can "work" while running on the CPU. Every host-side function `f` is a
+    launcher (``__tvm_ffi_f``) that must have a kernel ``f_kernel*`` in the device module.
+    """
+    if device == "cpu":
+        return {}
+    host = executable.mod.imports[0]
+    dev_mods = [m for m in _walk(host) if m.kind == device]
+    source = "".join(m.inspect_source() for m in dev_mods)
+    # OpenCL C kernels are `__kernel void name(`, CUDA C kernels `__global__ void name(`.
+    kernels = sorted(set(re.findall(r"(?:__kernel|__global__) void (\w+)\(", source)))
+    launchers = sorted(set(re.findall(r"define [^@]*@__tvm_ffi_(\w+)\(", host.inspect_source("ll"))))
+    on_host = [f for f in launchers if not any(k.startswith(f"{f}_kernel") for k in kernels)]
+    return {"module": device, "kernels": len(kernels), "functions": len(launchers),
+            "on_host": on_host, "source_bytes": len(source)}
+
+
+def _walk(mod):
+    yield mod
+    for m in mod.imports:
+        yield from _walk(m)
+
+
+def can_run_here(target: dict[str, Any]) -> bool:
+    """Whether code for this (CPU) target runs on this machine: same architecture, and every
+    instruction-set extension it may use is present here."""
+    tvm = load_tvm()
+    if target.get("kind") != "llvm":
+        return False
+    triple = target.get("mtriple", "")
+    if triple and not triple.startswith("x86_64"):
+        return False
+    from tvm.target import codegen
+
+    def isa(t: dict[str, Any]) -> set[str]:
+        feats = {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(t))}
+        # tuning flags (e.g. 'false-deps-popcnt') are not instructions
+        return {f for f in feats if re.match(r"(avx|sse|fma|f16c|amx|bmi|vaes|vpclmul|gfni)", f)}
+
+    here = {"kind": "llvm", "mcpu": host_cpu()}
+    return isa(resolve_target(target)) <= isa(here)

@@ -1,0 +1,134 @@
+"""Run: a compiled library loaded into a Relax VM on this host or on an RPC session's device."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgecompile.backend.core import load_tvm
+from edgecompile.errors import EdgeCompileError
+
+# TVM's ThreadPool modes: 1 = big cores (all cores on a uniform CPU), -1 = little cores.
+# "all" spreads over every core: big mode with as many threads as there are cores.
+AFFINITY_MODES = {"default": 1, "big": 1, "little": -1, "all": 1}
+
+
+class LoadedModel:
+    """A compiled library loaded into a Relax VM on a (local or remote) device."""
+
+    def __init__(self, lib, device, input_name: str, session=None, server: str = "local"):
+        tvm = load_tvm()
+        self._tvm = tvm
+        self.device = device
+        self.session = session  # keeps an RPC session alive as long as the model
+        self.server = server  # "host:port" of the RPC server it runs on, or "local"
+        self.input_name = input_name
+        self.lib = lib
+        self.vm = tvm.relax.VirtualMachine(lib, device)
+
+    def put(self, x: np.ndarray):
+        """Copy an input to the device once (for timing runs that should not include it)."""
+        return self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_uploaded(self.put(x))
+
+    def run_uploaded(self, device_input) -> np.ndarray:
+        """One inference on an input already on the device (see ``put``)."""
+        out = self.vm["main"](device_input)
+        if not hasattr(out, "numpy"):  # a tuple of outputs: we have one
+            out = out[0]
+        return out.numpy()
+
+    def time_runs(self, device_input, runs: int) -> list[float]:
+        """Seconds of ``runs`` single inferences, timed on the device itself by TVM's
+        evaluator, so RPC round trips and host-side Python are not part of the figure."""
+        f = self.vm.time_evaluator("main", self.device, number=1, repeat=runs)
+        return [float(t) for t in f(device_input).results]
+
+    def call_times(self, device_input) -> list[tuple[str, float]]:
+        """One inference with every call the VM makes timed: (symbol, seconds), in call order.
+
+        TVM 0.27's Relax VM has no profiler; its instrument hook runs a Python function before
+        and after each call, so this works for a VM in this process only. A separate VM is
+        instrumented, so the one ``time_runs`` uses is never slowed by the hook.
+        """
+        if self.session is not None:
+            raise EdgeCompileError("per-kernel timing runs on this host only: TVM 0.27's VM "
+                                   "cannot be instrumented over RPC (bench the device without it)")
+        vm = self._tvm.relax.VirtualMachine(self.lib, self.device)
+        calls: list[tuple[str, float]] = []
+        started = [0.0]
+
+        def instrument(_func, symbol, before_run, _ret, *_args):
+            now = time.perf_counter()
+            if before_run:
+                started[0] = now
+            else:
+                calls.append((str(symbol), now - started[0]))
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+        vm.set_instrument(instrument)
+        vm["main"](device_input)
+        return calls
+
+    def _global(self, name: str):
+        if self.session is not None:
+            return self.session.get_function(name)
+        return self._tvm.get_global_func(name)
+
+    def configure_threads(self, threads: int | None, affinity: str) -> int:
+        """Set the device's thread pool; returns the thread count it then runs with.
+        affinity: "default" (leave it), "big" / "little" (big.LITTLE clusters), "all"."""
+        if threads is not None or affinity != "default":
+            mode = AFFINITY_MODES[affinity]
+            self._global("runtime.config_threadpool")(mode, threads or 0)
+        running = int(self._global("runtime.NumThreads")())
+        if threads is not None and running < threads:
+            # The pool was sized when the runtime started (TVM_NUM_THREADS of that process).
+            where = "the device's RPC server" if self.session is not None else "this process"
+            raise EdgeCompileError(
+                f"asked for {threads} threads, but TVM's thread pool in {where} has {running}: "
+                f"start it with TVM_NUM_THREADS={threads}")
+        return running
+
+
+def _device(tvm_or_session, device: str):
+    # The tvm module names OpenCL devices `opencl`, an RPC session names them `cl`.
+    names = {"cpu": ("cpu",), "opencl": ("opencl", "cl"), "cuda": ("cuda",)}[device]
+    attr = next(n for n in names if hasattr(tvm_or_session, n))
+    return getattr(tvm_or_session, attr)(0)
+
+
+def first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(e).__name__)[:300]
+
+
+def load_remote(session, lib_path: Path, device: str, input_name: str,
+                server: str = "") -> LoadedModel:
+    """Upload the library to the device, load it there, and wrap it in a VM."""
+    try:
+        session.upload(str(lib_path))
+        lib = session.load_module(Path(lib_path).name)
+        return LoadedModel(lib, _device(session, device), input_name, session=session, server=server)
+    except EdgeCompileError:
+        raise
+    except Exception as e:
+        raise EdgeCompileError(f"the device could not load {Path(lib_path).name}: {first_line(e)}") from None
+
+
+def load_local(lib_path: Path, device: str, input_name: str) -> LoadedModel:
+    tvm = load_tvm()
+    if device == "opencl":
+        # The PyPI runtime has no OpenCL; our plug-in (built on first use) provides it.
+        from edgecompile.backend.opencl import ensure_loaded
+
+        ensure_loaded()
+    dev = _device(tvm, device)
+    if not dev.exist:
+        raise EdgeCompileError(f"no {device} device on this host")
+    lib = tvm.runtime.load_module(str(lib_path))
+    return LoadedModel(lib, dev, input_name)

@@ -1,0 +1,243 @@
+"""`edgecompile tune`: MetaSchedule over a model's tasks, measured here or on a device over RPC,
+appended to the records store (records.py) as it goes, so an interrupted run resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecompile.backend import compiler
+from edgecompile.devices import tracker
+from edgecompile.errors import UsageError
+from edgecompile.tune.records import (
+    DEFAULT_LAYOUT,
+    DEFAULT_PREPACK,
+    compact_records,
+    graph_fingerprint,
+    records_dir,
+    register_model,
+    target_key,
+    trials_done,
+    tuning_target,
+    write_key,
+)
+
+
+@dataclass
+class TuneOptions:
+    model: str
+    target: str
+    trials: int = 2000  # total, over all tasks (each gets an equal share, at least one batch)
+    trials_per_task: int | None = None  # overrides the share
+    input_size: int | None = None
+    rpc: str | None = None  # one rpc_server HOST:PORT
+    tracker: str | None = None  # or a tracker, with key
+    key: str | None = None
+    threads: int | None = None  # cores the device runs with (default: this host's / preset's)
+    trials_per_iter: int = 64
+    builder_workers: int | None = None
+    root: Path | None = None  # records root (default: tuning_root())
+    layout: str = DEFAULT_LAYOUT
+    prepack: bool = DEFAULT_PREPACK
+    seed: int | None = None
+    cost_model: str = "xgb"  # "random": no model training (tiny runs, tests)
+    max_tasks: int | None = None  # tune only the N costliest tasks (untuned first, then by latency)
+    only: tuple[str, ...] | None = None  # tune only the tasks of these names
+    compact: bool = True  # keep only the best records per task at the end (repo size)
+    search: str = "evolutionary"  # or "replay-trace" (random schedules; tiny runs, tests)
+    builder: str = "inprocess"  # or "pool" (MetaSchedule's LocalBuilder with our build function)
+
+
+@dataclass
+class TuneResult:
+    directory: Path
+    model: str
+    tasks: list[dict[str, Any]]
+    trials_run: int
+    valid: int
+    seconds: float
+    estimate_ms: float | None  # sum over tasks of weight x best latency
+    untuned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"directory": str(self.directory), "model": self.model, "tasks": self.tasks,
+                "trials_run": self.trials_run, "valid": self.valid, "seconds": round(self.seconds, 1),
+                "estimate_ms": self.estimate_ms, "untuned": self.untuned}
+
+
+class _Printer:
+    def __init__(self, stream, n_total: int, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.every_s = every_s
+        self.n_total = n_total
+
+    def __call__(self, states, task_id, done_before: dict[str, float | None]) -> None:
+        now = time.monotonic()
+        st = states[task_id]
+        done = sum(s.trials for s in states)
+        est = _estimate_ms(states, done_before)
+        best = f"{st.best_s * 1e3:.4f} ms" if st.best_s is not None else "none valid"
+        self.stream.write(
+            f"[{now - self.t0:6.0f}s] {done}/{self.n_total} trials | {st.name}: {st.trials} trials, "
+            f"{st.valid} valid, best {best} x{st.weight} | estimate {est:.2f} ms\n"
+            if est is not None else
+            f"[{now - self.t0:6.0f}s] {done}/{self.n_total} trials | {st.name}: {st.trials} trials, "
+            f"{st.valid} valid, best {best}\n")
+        self.stream.flush()
+
+
+def _log_dir(directory: Path) -> Path:
+    """MetaSchedule's per-task logs: outside the repository (only the database is committed)."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha1(str(Path(directory).resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / "edgecompile-tuning-logs" / f"{directory.name}-{tag}"
+
+
+def _estimate_ms(states, previous: dict[str, float | None]) -> float | None:
+    total = 0.0
+    for s in states:
+        cands = [v for v in (s.best_s, previous.get(s.name)) if v is not None]
+        if not cands:
+            return None
+        total += min(cands) * s.weight
+    return total * 1e3
+
+
+def _costliest(tasks, database, target, n: int):
+    """The ``n`` tasks that cost the model the most time: untuned ones first (by FLOPs x calls),
+    then tuned ones by best latency x calls -- where more trials can buy the most."""
+    from edgecompile.backend import metaschedule as tt
+
+    def cost(t):
+        _, best = tt.task_records(database, t, target)
+        return (1, t.flop * t.weight) if best is None else (0, best * t.weight)
+
+    return sorted(tasks, key=cost, reverse=True)[:n]
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None):
+    """Set the given variables (None: leave as is) for the block, then restore them."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tune(opts: TuneOptions, stream=None) -> TuneResult:
+    from edgecompile.backend import metaschedule as tt
+    from edgecompile.pipeline.build import final_graph
+    from edgecompile.pipeline.spec import BuildOptions
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+    from edgecompile.targets import get_target
+
+    stream = stream or sys.stderr
+    preset = get_target(opts.target)
+    if preset.device != "cpu":
+        raise UsageError("tuning is implemented for CPU presets (llvm targets) only")
+    remote = bool(opts.rpc or opts.tracker)
+    if opts.tracker and not opts.key:
+        raise UsageError("--tracker needs --key")
+    if not remote and not compiler.can_run_here(preset.target):
+        raise UsageError(f"'{preset.name}' code does not run on this host: tune it on a device "
+                         "(--rpc HOST:PORT, or --tracker HOST:PORT --key KEY)")
+    threads = opts.threads or preset.threads or (os.cpu_count() or 1)
+    t0 = time.monotonic()
+
+    g = final_graph(BuildOptions(opts.model, opts.target, input_size=opts.input_size))
+    model, shape, name = g.folded, g.spec.input_shape, g.info.name
+    target = tuning_target(preset, threads)
+    prepared = tt.prepare(model, INPUT_NAME, shape, target, layout=opts.layout, prepack=opts.prepack)
+    tasks = tt.extract_tasks(prepared, target)
+
+    directory = records_dir(preset, opts.root)
+    database = tt.open_database(directory)
+    write_key(directory, preset, opts.layout, opts.prepack, threads)
+    register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
+    if opts.only:
+        tasks = [t for t in tasks if t.name in opts.only]
+    if opts.max_tasks:
+        tasks = _costliest(tasks, database, target, opts.max_tasks)
+
+    per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
+    before = [tt.task_records(database, t, target) for t in tasks]
+    done = [trials_done(directory, tt.workload_hash(database, t), n) for t, (n, _) in
+            zip(tasks, before, strict=True)]
+    remaining = [max(0, per_task - n) for n in done]
+    done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
+    states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
+    reused = sum(1 for n, _ in before if n > 0)
+    stream.write(f"{name} -> {preset.name} ({target_key(preset)['mcpu']}): {len(tasks)} tasks, "
+                 f"{per_task} trials each; {reused} tasks already have records in {directory}; "
+                 f"{sum(remaining)} trials to run\n")
+
+    printer = _Printer(stream, sum(remaining))
+    if sum(remaining):
+        make = tt.make_inprocess_builder if opts.builder == "inprocess" else tt.make_builder
+        builder = make(opts.builder_workers or (os.cpu_count() or 1),
+                       cross_compiler=preset.cross_compiler if remote else None)
+        if remote:
+            workers = 1
+            if opts.tracker:
+                workers = max(1, tracker.key_counts(opts.tracker).get(opts.key, 0))
+            runner = tt.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
+        else:
+            runner = tt.make_local_runner()
+        # Local candidates run in worker processes whose TVM pool is sized from this variable
+        # (TVM's own x86 default is half the CPUs): measure with the threads the records are
+        # for, key.json's tuned_threads -- and leave the caller's environment as it was.
+        with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
+            tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
+                          lambda s, i: printer(s, i, done_before), _log_dir(directory),
+                          trials_per_iter=opts.trials_per_iter, seed=opts.seed,
+                          cost_model=opts.cost_model, search=opts.search)
+
+    database = tt.open_database(directory)  # re-read: everything appended this run
+    rows = []
+    for t, st in zip(tasks, states, strict=True):
+        n, best = tt.task_records(database, t, target)
+        n = trials_done(directory, tt.workload_hash(database, t), n)
+        rows.append({
+            "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
+            "trials_this_run": st.trials, "valid_this_run": st.valid,
+            "best_ms": None if best is None else round(best * 1e3, 4),
+            "total_ms": None if best is None else round(best * 1e3 * t.weight, 4),
+            "gflops": None if not best else round(t.flop / best / 1e9, 2),
+        })
+    if opts.compact:
+        compact_records(directory)
+    untuned = [r["task"] for r in rows if r["best_ms"] is None]
+    est = None if untuned else round(sum(r["total_ms"] for r in rows), 3)
+    return TuneResult(directory, name, rows, sum(s.trials for s in states),
+                      sum(s.valid for s in states), time.monotonic() - t0, est, untuned)
+
+
+def format_tasks(result: TuneResult) -> str:
+    from edgecompile.listing import as_table
+
+    rows = sorted(result.tasks, key=lambda r: -(r["total_ms"] or 0))
+    total = sum(r["total_ms"] or 0 for r in rows)
+    for r in rows:
+        r["share"] = f"{100 * (r['total_ms'] or 0) / total:.1f}%" if total else "-"
+    return (as_table(rows) + f"\n{result.trials_run} trials this run ({result.valid} valid) in "
+            f"{result.seconds:.0f}s; tasks' best latencies x weights sum to "
+            f"{result.estimate_ms if result.estimate_ms is not None else 'n/a (untuned tasks)'} ms; "
+            f"records: {result.directory}")
+
+
