@@ -61,65 +61,37 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from edgecompile.measure.verify import verify
 
     result = verify(args.artifact, samples=args.samples, device=_device(args))
-    if args.format == "json":
-        print(json.dumps({"artifact": str(result.artifact), "ok": result.ok, "where": result.where,
-                          "onnx": vars(result.onnx) | {"ok": result.onnx.ok},
-                          "tvm": vars(result.tvm) | {"ok": result.tvm.ok}}))
-    else:
-        print(f"ONNX Runtime vs PyTorch: {result.onnx}")
-        print(f"TVM ({result.where}) vs PyTorch: {result.tvm}")
-        print("OK" if result.ok else "FAILED: beyond tolerance")
+    print(json.dumps(result.to_dict()) if args.format == "json" else result.format())
     return 0 if result.ok else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from edgecompile.measure import bench
-    from edgecompile.measure.results import append_jsonl
-    from edgecompile.pipeline.build import build_or_reuse
-    from edgecompile.progress import Ticker
+    from edgecompile.measure import bench, compare
 
-    device = _device(args)
-    artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
     opts = bench.BenchOptions(warmup=args.warmup, min_time_s=args.min_time, min_runs=args.min_runs,
                               threads=args.threads, affinity=args.affinity,
                               profile_runs=args.profile_runs if args.profile else 0)
-    ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
-    record = bench.bench_artifact(artifact, device, opts, progress=ticker.update)
-    ticker.done()
-    if args.compare:
-        from edgecompile.measure import compare
-
-        record["compare"] = compare.compare_engines(artifact, args.compare.split(","),
-                                                    threads=record["threads"])
-    if args.results:
-        append_jsonl(args.results, record)
-    print(json.dumps(record) if args.format == "json" else bench.format_report(record))
-    if record["profile"] and args.format != "json":
+    record = bench.run_bench(args.model, args.target, _device(args), opts, output_dir=args.output,
+                             input_size=args.input_size, results=args.results,
+                             compare=args.compare.split(",") if args.compare else ())
+    if args.format == "json":
+        print(json.dumps(record))
+        return 0
+    print(bench.format_report(record))
+    if record["profile"]:
         print(bench.format_profile(record["profile"]))
-    if args.compare and args.format != "json":
-        from edgecompile.measure import compare
-
+    if "compare" in record:
         print(compare.format_table(record["compare"]))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from edgecompile.measure import evaluate
-    from edgecompile.measure.results import append_jsonl
-    from edgecompile.pipeline.build import build_or_reuse
-    from edgecompile.progress import Ticker
 
-    device = _device(args)
-    artifact = build_or_reuse(args.model, args.target, args.output, args.input_size)
-    ticker = Ticker(f"eval {artifact.manifest['model']['name']} on {device.describe()}")
-    record = evaluate.evaluate(
-        artifact, args.data, device, evaluate.EvalOptions(limit=args.limit, class_index=args.class_index),
-        progress=lambda i, n, top1, s: ticker.update(
-            f"{i}/{n} images, top-1 {top1:.2f}%, ETA {s / i * (n - i):.0f}s"),
-    )
-    ticker.done()
-    if args.results:
-        append_jsonl(args.results, record)
+    record = evaluate.run_eval(
+        args.model, args.target, args.data, _device(args),
+        evaluate.EvalOptions(limit=args.limit, class_index=args.class_index),
+        output_dir=args.output, input_size=args.input_size, results=args.results)
     print(json.dumps(record) if args.format == "json" else evaluate.format_report(record))
     return 0
 

@@ -1,8 +1,8 @@
 """MetaSchedule: the second half of our TVM layer.
 
 Everything that touches ``tvm.s_tir`` (MetaSchedule's home in TVM 0.27) lives here, the way
-the rest of the backend package holds the rest. The policy (which records apply to which target, how the budget
-is split, resuming) lives in ``edgecompile.tune``.
+the rest of the backend package holds the rest. The policy (which records apply to which
+target, how the budget is split, resuming) lives in ``edgecompile.tune``.
 
 The module a model is tuned and built from is prepared the same way both times (``prepare``),
 so the tasks' structural hashes -- the database's keys -- match between ``tune`` and ``build``.

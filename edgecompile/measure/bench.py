@@ -11,17 +11,22 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgecompile.backend import core
 from edgecompile.devices.spec import DeviceSpec
+from edgecompile.measure.compare import compare_engines
 from edgecompile.measure.load import load_artifact_model
-from edgecompile.measure.results import record_header
+from edgecompile.measure.results import append_jsonl, record_header
 from edgecompile.pipeline import numerics
 from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.build import build_or_reuse
+from edgecompile.progress import Ticker
 
 AFFINITIES = ("default", "big", "little", "all")
 
@@ -103,6 +108,23 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
         "host": platform.node(),
         "pid": os.getpid(),
     }
+
+
+def run_bench(model_or_dir: str, target: str | None, device: DeviceSpec, opts: BenchOptions, *,
+              output_dir: Path = Path("build"), input_size: int | None = None,
+              compare: Sequence[str] = (), results: Path | None = None) -> dict[str, Any]:
+    """`edgecompile bench`: the artifact (built first, or reused, when given a model name)
+    timed on its device with progress on stderr; ``compare`` adds other engines timed here,
+    interleaved; ``results`` appends the record to a JSON-lines file."""
+    artifact = build_or_reuse(model_or_dir, target, output_dir, input_size)
+    ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
+    record = bench_artifact(artifact, device, opts, progress=ticker.update)
+    ticker.done()
+    if compare:
+        record["compare"] = compare_engines(artifact, list(compare), threads=record["threads"])
+    if results:
+        append_jsonl(results, record)
+    return record
 
 
 VM_PREFIX = "vm.builtin."  # the VM's own calls (allocation, shape checks), not compute kernels

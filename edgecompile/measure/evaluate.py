@@ -19,10 +19,12 @@ import torch
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.measure.dataset import scan
 from edgecompile.measure.load import load_artifact_model
-from edgecompile.measure.results import record_header
+from edgecompile.measure.results import append_jsonl, record_header
 from edgecompile.pipeline.artifact import Artifact
+from edgecompile.pipeline.build import build_or_reuse
 from edgecompile.pipeline.preprocess import Preprocess
 from edgecompile.pipeline.spec import ModelSpec
+from edgecompile.progress import Ticker
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,21 @@ def _interleave(samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
 
 def _topk_hits(logits: np.ndarray, label: int, k: int) -> bool:
     return label in np.argsort(-logits)[:k]
+
+
+def run_eval(model_or_dir: str, target: str | None, data: Path, device: DeviceSpec,
+             opts: EvalOptions, *, output_dir: Path = Path("build"), input_size: int | None = None,
+             results: Path | None = None) -> dict[str, Any]:
+    """`edgecompile eval`: the artifact (built first, or reused, when given a model name)
+    evaluated on its device with progress on stderr; ``results`` appends the record."""
+    artifact = build_or_reuse(model_or_dir, target, output_dir, input_size)
+    ticker = Ticker(f"eval {artifact.manifest['model']['name']} on {device.describe()}")
+    record = evaluate(artifact, data, device, opts, progress=lambda i, n, top1, s: ticker.update(
+        f"{i}/{n} images, top-1 {top1:.2f}%, ETA {s / i * (n - i):.0f}s"))
+    ticker.done()
+    if results:
+        append_jsonl(results, record)
+    return record
 
 
 def evaluate(a: Artifact, data: Path, device: DeviceSpec | None = None,

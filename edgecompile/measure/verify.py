@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,16 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return self.onnx.ok and self.tvm.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), "ok": self.ok, "where": self.where,
+                "onnx": vars(self.onnx) | {"ok": self.onnx.ok},
+                "tvm": vars(self.tvm) | {"ok": self.tvm.ok}}
+
+    def format(self) -> str:
+        return (f"ONNX Runtime vs PyTorch: {self.onnx}\n"
+                f"TVM ({self.where}) vs PyTorch: {self.tvm}\n"
+                + ("OK" if self.ok else "FAILED: beyond tolerance"))
 
 
 def verify(path: Path, samples: int = DEFAULT_SAMPLES, seed: int = 1234,
