@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompile.models import create_model, get_model_info
-from edgecompile.pipeline.artifact import file_sha256
+from edgecompile.paths import file_sha256
 from edgecompile.pipeline.preprocess import Preprocess
 from edgecompile.pipeline.weights import read_checkpoint
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from edgecompile.models import create_model, get_model_info, list_families
-from edgecompile.pipeline.artifact import file_sha256
+from edgecompile.paths import file_sha256
 from edgecompile.pipeline.preprocess import Preprocess
 from edgecompile.pipeline.weights import read_checkpoint
 

@@ -318,7 +318,7 @@ def make_rpc_runner(tracker: str | None, key: str | None, rpc: str | None, worke
     """Candidates measured on remote devices: every device under ``key`` at ``tracker`` in
     parallel (``workers`` of them), or one server reached directly with ``rpc``."""
     ms = _ms()
-    from edgecompile.devices.spec import parse_hostport
+    from edgecompile.devices.net import parse_hostport
 
     if tracker:
         host, port = parse_hostport(tracker, "--tracker")

@@ -13,7 +13,6 @@ never damages the one already there.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -24,19 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.errors import EdgeCompileError
+from edgecompile.paths import file_sha256
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 ONNX_FILE = "model.onnx"
 SCHEMA_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

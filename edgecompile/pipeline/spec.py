@@ -12,7 +12,7 @@ from torch import nn
 from edgecompile.backend.compiler import check_linker
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.models import ModelInfo, get_model_info
-from edgecompile.pipeline.artifact import file_sha256
+from edgecompile.paths import file_sha256
 from edgecompile.pipeline.stages.export import DEFAULT_OPSET
 from edgecompile.pipeline.weights import init_for_parity, load_weights
 from edgecompile.targets import TargetPreset, get_target

@@ -251,7 +251,7 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
 
 def database_digest(directory: Path) -> str:
     from edgecompile.backend.metaschedule import RECORD_FILE
-    from edgecompile.pipeline.weights import file_sha256
+    from edgecompile.paths import file_sha256
 
     return file_sha256(directory / RECORD_FILE)
 
