@@ -11,10 +11,8 @@ so the tasks' structural hashes -- the database's keys -- match between ``tune``
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,6 @@ from typing import Any
 
 import onnx
 
-from edgecompile.backend import compiler
 from edgecompile.backend.core import load_tvm
 from edgecompile.errors import EdgeCompileError
 
@@ -34,7 +31,8 @@ RECORD_FILE = "database_tuning_record.json"
 LAYOUTS = ("NCHW", "NHWC")
 
 
-def _ms():
+def ms_module():
+    """tvm.s_tir.meta_schedule, with only the CPU tensor intrinsics registered (see below)."""
     _cpu_tensor_intrinsics_only()
     from tvm.s_tir import meta_schedule as ms
 
@@ -135,7 +133,7 @@ class Task:
 
 
 def extract_tasks(prepared: Prepared, target) -> list[Task]:
-    ms = _ms()
+    ms = ms_module()
     tvm = load_tvm()
     extracted = ms.relax_integration.extract_tasks(prepared.mod, target)
     at_runtime = _runtime_functions(prepared.mod)
@@ -175,7 +173,7 @@ def _runtime_functions(mod) -> set[str]:
 
 
 def open_database(directory: Path):
-    ms = _ms()
+    ms = ms_module()
     directory.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(
         path_workload=str(directory / WORKLOAD_FILE),
@@ -212,135 +210,6 @@ def _mean_secs(run_secs) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Builder and runners
-
-
-def _build_candidate(mod, target, _params):
-    """MetaSchedule's default_build without ``import tvm.s_tir.tensor_intrin``.
-
-    That import (tensor intrinsics for every GPU/accelerator) takes 25-60 s in each fresh builder
-    worker; with the default 30 s timeout every candidate failed to build and tuning measured
-    nothing. fp32 CPU schedules use no tensor intrinsics.
-    """
-    import tvm
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.compile(mod, target=target)
-
-
-def _export_candidate(mod, cross_compiler: str | None = None) -> str:
-    """A built candidate -> a file the runner loads: a tar of objects here, a shared library
-    linked with the target's cross compiler for a remote device."""
-    if hasattr(mod, "mod") and not hasattr(mod, "export_library"):
-        mod = mod.mod
-    path = Path(tempfile.mkdtemp(prefix="ec-ms-")) / ("cand.tar" if cross_compiler is None else "cand.so")
-    compiler.export_library(mod, path, cross_compiler)
-    return str(path)
-
-
-def make_builder(workers: int, timeout_s: float = 120.0, cross_compiler: str | None = None):
-    ms = _ms()
-    return ms.builder.LocalBuilder(
-        max_workers=workers, timeout_sec=timeout_s, f_build=_build_candidate,
-        f_export=functools.partial(_export_candidate, cross_compiler=cross_compiler),
-    )
-
-
-def make_inprocess_builder(workers: int, cross_compiler: str | None = None):
-    """Builds candidates in this process, ``workers`` threads at a time: no worker pool to
-    start (and no TVM import in it) for each batch, which dominates small batches."""
-    ms = _ms()
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tvm.ir.utils import derived_object
-
-    @derived_object
-    class _InProcessBuilder(ms.builder.PyBuilder):
-        def __init__(self) -> None:
-            super().__init__()
-
-        def build(self, build_inputs):
-            def one(bi):
-                try:
-                    rt = _build_candidate(bi.mod, bi.target, None)
-                    return ms.builder.BuilderResult(_export_candidate(rt, cross_compiler), None)
-                except Exception as e:  # noqa: BLE001 -- a candidate that fails to build
-                    return ms.builder.BuilderResult(None, f"build failed: {e}")
-
-            with ThreadPoolExecutor(max(1, workers)) as ex:
-                return list(ex.map(one, build_inputs))
-
-    return _InProcessBuilder()
-
-
-def _evaluator(number: int, repeat: int, min_repeat_ms: int):
-    ms = _ms()
-    return ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                     enable_cpu_cache_flush=False)
-
-
-def make_local_runner(number: int = 3, repeat: int = 1, min_repeat_ms: int = 50, timeout_s: float = 60):
-    ms = _ms()
-    return ms.runner.LocalRunner(timeout_sec=timeout_s,
-                                 evaluator_config=_evaluator(number, repeat, min_repeat_ms))
-
-
-def _connect_direct(_rpc_config, host: str, port: int):
-    from tvm import rpc
-
-    return rpc.connect(host, port, session_timeout=0)
-
-
-def _alloc_arguments(session, device, args_info, alloc_repeat):
-    """Candidates' inputs for a remote device: filled there by TVM's random fill when the
-    device has it, else filled here and uploaded. A runtime-only TVM install (a board's
-    ``pip install apache-tvm`` without the compiler library) does not load the random fill,
-    and MetaSchedule's default then fails every measurement."""
-    import numpy as np
-    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
-
-    try:
-        fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
-    except AttributeError:
-        rng = np.random.default_rng(0)
-
-        def fill(arr):  # values do not matter for timing; integers stay small (indices)
-            data = (rng.uniform(-1, 1, arr.shape) if "float" in str(arr.dtype)
-                    else rng.integers(0, 2, arr.shape))
-            arr.copyfrom(data.astype(str(arr.dtype)))
-
-    return alloc_argument_common(fill, device, args_info, alloc_repeat)
-
-
-def make_rpc_runner(tracker: str | None, key: str | None, rpc: str | None, workers: int,
-                    number: int = 3, repeat: int = 1, min_repeat_ms: int = 50, timeout_s: float = 120):
-    """Candidates measured on remote devices: every device under ``key`` at ``tracker`` in
-    parallel (``workers`` of them), or one server reached directly with ``rpc``."""
-    ms = _ms()
-    from edgecompile.devices.net import parse_hostport
-
-    if tracker:
-        host, port = parse_hostport(tracker, "--tracker")
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                     session_timeout_sec=int(timeout_s))
-        f_session = None
-    else:
-        host, port = parse_hostport(rpc, "--rpc")
-        # No tracker: f_create_session connects directly. RPCConfig still insists on tracker
-        # fields (an unset one is looked up in the environment and raises), so it gets the
-        # server's own address, which nothing reads.
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct",
-                                     session_timeout_sec=int(timeout_s))
-        f_session = functools.partial(_connect_direct, host=host, port=port)
-        workers = 1
-    return ms.runner.RPCRunner(rpc_config=config,
-                               evaluator_config=_evaluator(number, repeat, min_repeat_ms),
-                               f_create_session=f_session, f_alloc_argument=_alloc_arguments,
-                               max_workers=max(1, workers))
-
-
-# ---------------------------------------------------------------------------------------------
 # Tuning
 
 
@@ -360,7 +229,7 @@ ProgressFn = Callable[[list[TaskProgress], int], None]
 def _progress_callback(states: list[TaskProgress], indices: list[int], on_update: ProgressFn):
     """Reports into ``states`` (every task of the run); MetaSchedule's task ``i`` is ours
     ``indices[i]``, since each budget group is its own scheduler."""
-    ms = _ms()
+    ms = ms_module()
     from tvm.ir.utils import derived_object
 
     @derived_object
@@ -389,7 +258,7 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
                search: str = "evolutionary") -> None:
     """Tune each task for its own number of trials (tasks with 0 are skipped), appending every
     measured candidate to ``database`` as it goes."""
-    ms = _ms()
+    ms = ms_module()
     # Tasks with the same remaining budget are tuned together (one scheduler, shared builder pool).
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(trials_per_task):
@@ -421,18 +290,28 @@ def _strategy(search: str):
     """"evolutionary": MetaSchedule's search with a smaller population than its default (the
     search itself costs tens of seconds per batch on 2 cores); "replay-trace": random schedules,
     no search (tiny runs, tests)."""
-    ms = _ms()
+    ms = ms_module()
     if search == "replay-trace":
         return "replay-trace"
     return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=3)
 
 
 def quiet_logging() -> None:
-    """MetaSchedule logs every iteration's task table at INFO; we print our own progress."""
+    """MetaSchedule logs every iteration's task table at INFO; we print our own progress.
+
+    Its logging set-up re-lists its logger's existing handlers by name in a dictConfig, which
+    replaces them all, and crashes ("'NoneType' object has no attribute 'format'") on one that
+    has no name and no config entry -- such as the capture handler pytest 9.2 attaches to
+    non-propagating loggers. Such a handler would be dropped by that dictConfig anyway, so it
+    is detached here first.
+    """
     import logging
 
     for name in ("tvm.s_tir.meta_schedule", "tvm.meta_schedule"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        for handler in [h for h in logger.handlers if h.get_name() is None]:
+            logger.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +330,7 @@ def apply_records(prepared: Prepared, target, directory: Path) -> Applied:
     With pre-packing, the weights' layout transforms are split out of the kernels, run once
     here, and the transformed weights bound into ``main`` as constants: the artifact keeps its
     one-input interface."""
-    _ms()
+    ms_module()
     tvm = load_tvm()
     from tvm import relax
 
