@@ -142,6 +142,7 @@ def _environ(**values: str | None):
 
 def tune(opts: TuneOptions, stream=None) -> TuneResult:
     from edgecompile.backend import metaschedule as tt
+    from edgecompile.backend import ms_measure
     from edgecompile.pipeline.build import final_graph
     from edgecompile.pipeline.spec import BuildOptions
     from edgecompile.pipeline.stages.export import INPUT_NAME
@@ -189,16 +190,16 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
 
     printer = _Printer(stream, sum(remaining))
     if sum(remaining):
-        make = tt.make_inprocess_builder if opts.builder == "inprocess" else tt.make_builder
+        make = ms_measure.make_inprocess_builder if opts.builder == "inprocess" else ms_measure.make_builder
         builder = make(opts.builder_workers or (os.cpu_count() or 1),
                        cross_compiler=preset.cross_compiler if remote else None)
         if remote:
             workers = 1
             if opts.tracker:
                 workers = max(1, tracker.key_counts(opts.tracker).get(opts.key, 0))
-            runner = tt.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
+            runner = ms_measure.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
         else:
-            runner = tt.make_local_runner()
+            runner = ms_measure.make_local_runner()
         # Local candidates run in worker processes whose TVM pool is sized from this variable
         # (TVM's own x86 default is half the CPUs): measure with the threads the records are
         # for, key.json's tuned_threads -- and leave the caller's environment as it was.
