@@ -16,7 +16,7 @@ from edgecompile.errors import EdgeCompileError
 def _cmd_list(args: argparse.Namespace) -> int:
     from edgecompile import listing
 
-    rows = listing.model_rows(args.family)
+    rows = listing.model_rows(args.family, exact=args.format == "json")
     print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
     return 0
 
