@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import refused_address
 
 from edgecompile import emulated_device as emu
 from edgecompile.build import BuildOptions, build
@@ -217,8 +218,8 @@ def test_registers_with_a_tracker(root, libs, tmp_path):
 
 def test_unreachable_tracker_fails_fast(root):
     t = time.perf_counter()
-    with pytest.raises(EdgeCompileError, match="cannot reach RPC tracker"):
-        emu.start("cortex-a72", tracker=f"127.0.0.1:{emu.free_port()}", key="k", root=root)
+    with refused_address() as tracker, pytest.raises(EdgeCompileError, match="cannot reach RPC tracker"):
+        emu.start("cortex-a72", tracker=tracker, key="k", root=root)
     assert time.perf_counter() - t < 10
 
 
