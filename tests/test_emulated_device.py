@@ -27,9 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL, SIZE = "squeezenet1_1", 32  # the quickest model to build; every layer still runs
 SIGILL = -int(signal.SIGILL)
 
-needs_qemu = pytest.mark.skipif(emu.qemu_binary() is None,
-                                reason="qemu-user-static not installed (scripts/setup.sh)")
-
 SVE_PRESET = """\
 description = "aarch64 with SVE (test preset)"
 inherits = "arm64"
