@@ -143,7 +143,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     result = tuning.tune(tuning.TuneOptions(
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
-        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
     ))
     print(json.dumps(result.to_dict()) if args.format == "json" else tuning.format_tasks(result))
