@@ -22,8 +22,6 @@ from edgecompile.device import DeviceSpec
 from edgecompile.results import record_header
 from edgecompile.verify import load_artifact_model
 
-AFFINITIES = ("default", "big", "little", "all")
-
 
 @dataclass(frozen=True)
 class BenchOptions:
