@@ -16,7 +16,7 @@ from edgecompile.errors import EdgeCompileError
 def _cmd_list(args: argparse.Namespace) -> int:
     from edgecompile import listing
 
-    rows = listing.model_rows(args.family)
+    rows = listing.model_rows(args.family, exact=args.format == "json")
     print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
     return 0
 
@@ -117,7 +117,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     result = tune_run.tune(tune_run.TuneOptions(
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
-        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
     ))
     print(json.dumps(result.to_dict()) if args.format == "json" else tune_run.format_tasks(result))

@@ -8,16 +8,21 @@ from typing import Any
 from edgecompile.pipeline.artifact import Artifact
 
 
-def model_rows(family: str | None = None) -> list[dict[str, Any]]:
+def model_rows(family: str | None = None, exact: bool = False) -> list[dict[str, Any]]:
+    """One row per variant, counts rounded to millions for people; ``exact`` adds the registry's
+    integer ``params`` and ``macs`` as well (JSON is read by machines, which must not get rounding)."""
     from edgecompile.models import get_model_info, list_models
 
     rows = []
     for name in list_models(family):
         i = get_model_info(name)
-        rows.append({
+        row = {
             "model": i.name, "family": i.family, "params_M": round(i.params / 1e6, 2),
             "MACs_M": round(i.macs / 1e6, 1), "input": i.input_size, "top1": i.top1,
-        })
+        }
+        if exact:
+            row.update(params=i.params, macs=i.macs)
+        rows.append(row)
     return rows
 
 

@@ -61,11 +61,6 @@ class Ticker:
             return f"{self.label}: {values[0]} runs, median {values[1]:.3f} ms"
         return f"{self.label}: " + " ".join(map(str, values))
 
-    def say(self, text: str) -> None:
-        if self.tty:
-            print("\r\033[K", end="", file=self.stream)
-        print(f"{self.label}: {text}", file=self.stream, flush=True)
-
     def done(self) -> None:
         if self.tty and self._text:
             print(f"\r{self._text}\033[K", file=self.stream, flush=True)

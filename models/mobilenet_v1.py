@@ -18,24 +18,11 @@ import torch
 from torch import nn
 
 from ._init import init_reference_weights
+from ._layers import make_divisible as _make_divisible
 from ._registry import register_model
 
 __all__ = ["DepthwiseSeparableConv", "MobileNetV1", "mobilenet_v1_100", "mobilenet_v1_075",
            "mobilenet_v1_050", "mobilenet_v1_025"]
-
-
-def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``v`` to the nearest multiple of ``divisor``, never more than 10% below ``v``.
-
-    The TF-slim reference and timm round scaled channel counts this way so every layer stays a
-    multiple of 8 (SIMD-friendly). For the four published widths all counts are already
-    multiples of 8, so it only matters for custom multipliers.
-    """
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 # --------------------------------------------------------------------------------------------

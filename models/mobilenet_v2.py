@@ -19,25 +19,12 @@ import torch
 from torch import nn
 
 from ._init import init_reference_weights
+from ._layers import make_divisible as _make_divisible
 from ._registry import register_model
 
 __all__ = ["ConvBNReLU6", "InvertedResidual", "MobileNetV2", "mobilenet_v2_140",
            "mobilenet_v2_100", "mobilenet_v2_075", "mobilenet_v2_050", "mobilenet_v2_035",
            "remap_state_dict"]
-
-
-def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``v`` to the nearest multiple of ``divisor``, never more than 10% below ``v``.
-
-    All channel counts of the reference (TF-slim, torchvision, timm) are rounded this way so
-    each layer stays a multiple of 8 (SIMD-friendly). E.g. at 0.35 the 32-channel stage gets
-    16 channels, not 8: rounding 11.2 down to 8 would lose more than 10%.
-    """
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 # --------------------------------------------------------------------------------------------

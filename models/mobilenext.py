@@ -21,18 +21,10 @@ import torch
 from torch import nn
 
 from ._init import init_reference_weights
+from ._layers import make_divisible as _make_divisible
 from ._registry import register_model
 
 __all__ = ["MobileNeXt", "SandGlass", "remap_state_dict"]
-
-
-def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round to the nearest multiple of ``divisor``, never losing more than 10% (TF slim rule)."""
-    min_value = divisor if min_value is None else min_value
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 class SandGlass(nn.Module):

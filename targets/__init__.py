@@ -12,11 +12,10 @@ Built-in presets live beside this file. Users add boards without touching code: 
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from edgecompile.errors import EdgeCompileError, UnknownNameError
 

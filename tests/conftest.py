@@ -1,4 +1,6 @@
+import contextlib
 import os
+import socket
 import threading
 import time
 
@@ -44,6 +46,16 @@ def act_when(condition, action, settle_s: float, poll_s: float, timeout_s: float
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
+
+
+@contextlib.contextmanager
+def refused_address(host: str = "127.0.0.1"):
+    """``HOST:PORT`` where nothing listens, for as long as the block runs: the port is bound (not
+    listening, so connections are refused) and held, so no server another pytest-xdist worker
+    starts meanwhile can take it. Pick it inside the test, never at collection time."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        yield f"{host}:{s.getsockname()[1]}"
 
 
 @pytest.fixture(scope="session")

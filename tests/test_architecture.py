@@ -10,9 +10,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "edgecompile"

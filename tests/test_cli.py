@@ -38,6 +38,21 @@ def test_list_json_covers_every_family():
     assert all(row["params_M"] > 0 and row["MACs_M"] > 0 and row["input"] >= 32 for row in rows)
 
 
+def test_list_json_carries_the_registry_exact_counts():
+    from edgecompile.models import get_model_info, list_models
+
+    r = run("list", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["model"]: row for row in json.loads(r.stdout)}
+    assert sorted(rows) == sorted(list_models())
+    for name, row in rows.items():
+        info = get_model_info(name)
+        # Exact integers, not the rounded millions (which stay for compatibility).
+        assert type(row["params"]) is int and row["params"] == info.params, name
+        assert type(row["macs"]) is int and row["macs"] == info.macs, name
+        assert row["params_M"] == round(info.params / 1e6, 2) and row["MACs_M"] == round(info.macs / 1e6, 1)
+
+
 def test_list_table_and_targets_table():
     r = run("list")
     assert r.returncode == 0 and "fasternet_t0" in r.stdout and "MACs_M" in r.stdout

@@ -21,10 +21,10 @@ import importlib.util
 import pkgutil
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 # Source trees whose imports must be declared; models/ and targets/ install inside the package.

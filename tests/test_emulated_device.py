@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import refused_address
 
 from edgecompile.devices import emulated as emu
 from edgecompile.errors import EdgeCompileError, UnknownNameError, UsageError
@@ -26,9 +27,6 @@ pytestmark = [pytest.mark.rpc, pytest.mark.tvm]
 REPO = Path(__file__).resolve().parents[1]
 MODEL, SIZE = "squeezenet1_1", 32  # the quickest model to build; every layer still runs
 SIGILL = -int(signal.SIGILL)
-
-needs_qemu = pytest.mark.skipif(emu.qemu_binary() is None,
-                                reason="qemu-user-static not installed (scripts/setup.sh)")
 
 SVE_PRESET = """\
 description = "aarch64 with SVE (test preset)"
@@ -218,8 +216,8 @@ def test_registers_with_a_tracker(root, libs, tmp_path):
 
 def test_unreachable_tracker_fails_fast(root):
     t = time.perf_counter()
-    with pytest.raises(EdgeCompileError, match="cannot reach RPC tracker"):
-        emu.start("cortex-a72", tracker=f"127.0.0.1:{emu.free_port()}", key="k", root=root)
+    with refused_address() as tracker, pytest.raises(EdgeCompileError, match="cannot reach RPC tracker"):
+        emu.start("cortex-a72", tracker=tracker, key="k", root=root)
     assert time.perf_counter() - t < 10
 
 

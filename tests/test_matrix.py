@@ -113,3 +113,43 @@ def test_targets_this_host_cannot_run_need_a_tracker(tmp_path):
     with pytest.raises(UsageError, match="rpi4 do not run on this host.*--tracker"):
         run_matrix(_opts(tmp_path, None, targets=("x86", "rpi4")))
     assert not (tmp_path / "build").exists()  # refused before building anything
+
+
+# A job that writes much to stderr (warnings, a long traceback) before its result: more than a
+# pipe buffer (64 KiB) must neither block the job nor hang the farm's reader.
+_NOISY_JOB = """
+import json, sys
+sys.stderr.write("w" * (1 << 20) + "LAST-STDERR-LINE\\n")
+sys.stderr.flush()
+if sys.argv[1] == "result":
+    print(json.dumps({"event": "result", "server": "local"}), flush=True)
+sys.exit(0 if sys.argv[1] == "result" else 3)
+"""
+
+
+@pytest.mark.parametrize("ending", ["result", "exit"])
+def test_a_job_flooding_stderr_does_not_hang_the_reader(ending):
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from edgecompile.measure.matrix import _kill, _read_events
+
+    proc = subprocess.Popen([sys.executable, "-c", _NOISY_JOB, ending], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    events: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_read_events, args=(proc, events), daemon=True)
+    reader.start()
+    try:
+        first = events.get(timeout=60)  # the version that deadlocked gets nothing here
+        assert first["event"] == ending
+        if ending == "result":
+            assert events.get(timeout=60)["event"] == "exit"
+        else:  # the exit event still carries the stderr's tail
+            assert first["stderr"].endswith("LAST-STDERR-LINE\n") and len(first["stderr"]) == 500
+        reader.join(timeout=10)
+        assert not reader.is_alive()
+        assert proc.wait(timeout=10) == (0 if ending == "result" else 3)
+    finally:
+        _kill(proc)

@@ -5,6 +5,7 @@ Inputs are 64x64 for the all-variant sweep (every family downsamples by 32, so e
 still runs; compile time barely depends on resolution) and 224x224 for the flagship checks.
 """
 
+import re
 import subprocess
 import sys
 
@@ -79,8 +80,9 @@ def test_cli_build_verify_info(tmp_path):
     assert r.returncode == 0, r.stderr
     path = tmp_path / "shufflenet_v2_x0_5-x86"
     assert r.stdout.strip() == str(path)  # stdout is the artifact path only
-    for stage in ("export", "simplify", "fold-bn", "compile"):
-        assert f"{stage}" in r.stderr and "done in" in r.stderr
+    # Each stage in order, each with its own time: "[i/5] stage   done in 1.2s".
+    for i, stage in enumerate(("model", "export", "simplify", "fold-bn", "compile"), 1):
+        assert re.search(rf"^\[{i}/5\] {re.escape(stage)} +done in \d+\.\ds$", r.stderr, re.M), r.stderr
     r = cli("verify", str(path))
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     r = cli("info", str(path))

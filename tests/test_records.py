@@ -73,8 +73,23 @@ def test_every_shipped_model_still_fingerprints_the_same(directory):
         assert _fp(entry["model"], size) == fp, f"{entry['model']} at {size} no longer matches"
 
 
+def _counted(fn, calls):
+    def call(*args, **kwargs):
+        calls.append(fn.__name__)
+        return fn(*args, **kwargs)
+
+    return call
+
+
 def test_a_model_never_tuned_skips_the_records_at_no_cost(tmp_path, monkeypatch):
     # A database for this CPU that holds another model: the build must not extract tasks.
+    from edgecompile.backend import metaschedule as tvm_tuning
+
+    # The real functions, called through and counted: "no cost" is that the records lookup
+    # neither converts the graph for tuning nor extracts its tasks (seconds per model).
+    costly = []
+    for name in ("prepare", "extract_tasks"):
+        monkeypatch.setattr(tvm_tuning, name, _counted(getattr(tvm_tuning, name), costly))
     d = tuning.records_dir(get_target("x86"), tmp_path)
     d.mkdir(parents=True)
     (d / "database_tuning_record.json").write_text("")
@@ -87,3 +102,4 @@ def test_a_model_never_tuned_skips_the_records_at_no_cost(tmp_path, monkeypatch)
               quiet=True)
     t = a.manifest["tuning"]
     assert t["records"] is None and "not tuned" in t["reason"] and t["searched"] == str(d)
+    assert costly == []

@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import refused_address
 
-from edgecompile.devices.services import free_port, start_native_server, start_tracker
+from edgecompile.devices.services import start_native_server, start_tracker
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.measure.verify import verify
@@ -48,13 +49,14 @@ def test_wrong_key_lists_the_keys_there(x86_artifact, farm):
         verify(x86_artifact.path, device=DeviceSpec(tracker=tracker.address, key="rpi4"))
 
 
-@pytest.mark.parametrize("spec", [
-    DeviceSpec(rpc=f"127.0.0.1:{free_port()}"),
-    DeviceSpec(tracker=f"127.0.0.1:{free_port()}", key="x86"),
-])
-def test_nothing_listening_fails_fast_in_one_line(x86_artifact, spec):
-    with pytest.raises(EdgeCompileError, match="cannot reach .* Connection refused"):
-        verify(x86_artifact.path, device=spec)
+@pytest.mark.parametrize("kind", ["rpc", "tracker"])
+def test_nothing_listening_fails_fast_in_one_line(x86_artifact, kind):
+    # The port is picked (and held) here, not at collection: another xdist worker may start a
+    # server on a port that was free when the tests were collected.
+    with refused_address() as address:
+        spec = DeviceSpec(rpc=address) if kind == "rpc" else DeviceSpec(tracker=address, key="x86")
+        with pytest.raises(EdgeCompileError, match="cannot reach .* Connection refused"):
+            verify(x86_artifact.path, device=spec)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -74,8 +76,8 @@ def test_cli_verify_over_rpc_and_connection_error(x86_artifact, farm):
     r = subprocess.run(cmd + ["--tracker", tracker.address, "--key", "x86"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
-    r = subprocess.run(cmd + ["--rpc", f"127.0.0.1:{free_port()}"], capture_output=True,
-                       text=True, timeout=60)
+    with refused_address() as address:
+        r = subprocess.run(cmd + ["--rpc", address], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "cannot reach RPC server" in r.stderr
 

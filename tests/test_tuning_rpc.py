@@ -52,3 +52,32 @@ def test_tune_through_a_tracker_key_on_two_devices(tmp_path):
             seed=0, tracker=tracker.address, key="x86-farm"))
     assert r.trials_run == TASKS * TRIALS and r.valid > 0
     assert r.directory == tuning.records_dir(get_target("x86"), tmp_path / "records")
+
+
+def test_tune_timeout_bounds_reaching_the_device(tmp_path):
+    """`tune --timeout S`: a server that accepts but never answers (frozen) is reported in one
+    line after S seconds, before any export or tuning; it used to be parsed and ignored."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with start_native_server(tmp_path / "logs") as server:
+        os.killpg(server.proc.pid, signal.SIGSTOP)  # the port still accepts; nobody answers
+        try:
+            t = time.monotonic()
+            r = subprocess.run(
+                [sys.executable, "-m", "edgecompile", "tune", MODEL, "--target", "x86", "--input-size",
+                 str(SIZE), "--trials-per-task", "1", "--focus", "1", "--records-dir",
+                 str(tmp_path / "records"), "--rpc", server.address, "--timeout", "3"],
+                capture_output=True, text=True, timeout=120)
+            elapsed = time.monotonic() - t
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"edgecompile: error: RPC server {server.address} accepted the connection but did not "
+        "answer within 3s"], r.stderr
+    assert elapsed < 25  # 3 s and a process start, not the default 30 s
+    assert not (tmp_path / "records").exists()  # failed before touching the records

@@ -28,8 +28,6 @@ from edgecompile.pipeline.artifact import Artifact
 from edgecompile.pipeline.build import build_or_reuse
 from edgecompile.progress import Ticker
 
-AFFINITIES = ("default", "big", "little", "all")
-
 
 @dataclass(frozen=True)
 class BenchOptions:

@@ -255,7 +255,7 @@ class Farm:
     def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
         rec = {
             "kind": "matrix", "key": job_key(self.opts, job.model, job.target),
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "model": job.model, "target": job.target, "rpc_key": job.key,
             "status": "ok" if result else "failed",
             "server": result["server"] if result else None,
@@ -288,13 +288,25 @@ class Farm:
 
 
 def _read_events(proc: subprocess.Popen, events: queue.Queue) -> None:
+    # stderr is drained while stdout is read: read only after stdout closes, a job that writes
+    # more than a pipe buffer (64 KiB) to stderr would block in that write and never close
+    # stdout, and hang until it was counted as a lost device. Only its tail is kept.
+    tail = [""]
+
+    def drain() -> None:
+        for chunk in iter(lambda: proc.stderr.read(8192), ""):
+            tail[0] = (tail[0] + chunk)[-500:]
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
     for line in proc.stdout:
         try:
             events.put(json.loads(line))
         except json.JSONDecodeError:
             continue
     proc.wait()
-    events.put({"event": "exit", "stderr": (proc.stderr.read() or "")[-500:]})
+    drainer.join()
+    events.put({"event": "exit", "stderr": tail[0]})
 
 
 def _kill(proc: subprocess.Popen) -> None:

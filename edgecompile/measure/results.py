@@ -18,7 +18,7 @@ from edgecompile.pipeline.artifact import Artifact
 def record_header(kind: str, a: Artifact, device_description: str, server: str) -> dict[str, Any]:
     return {
         "kind": kind,
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": a.manifest["model"]["name"],
         "family": a.manifest["model"]["family"],
         "target": a.manifest["target"]["preset"],

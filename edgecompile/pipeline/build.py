@@ -123,7 +123,7 @@ def _manifest(g: FinalGraph, preset: TargetPreset, lib, opts: BuildOptions,
     return {
         "schema": art.SCHEMA_VERSION,
         "library": lib.path.name,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": info.to_dict() | {
             "params_counted": flops.count_params(model),
             "macs_counted": flops.count_macs(model, spec.input_size),

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.backend import compiler
+from edgecompile.backend import compiler, rpc_client
 from edgecompile.devices import tracker
+from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
 from edgecompile.errors import UsageError
 from edgecompile.tune.records import (
     DEFAULT_LAYOUT,
@@ -39,6 +40,7 @@ class TuneOptions:
     rpc: str | None = None  # one rpc_server HOST:PORT
     tracker: str | None = None  # or a tracker, with key
     key: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S  # --timeout: to reach the device (connect, or lease one under key)
     threads: int | None = None  # cores the device runs with (default: this host's / preset's)
     trials_per_iter: int = 64
     builder_workers: int | None = None
@@ -158,6 +160,8 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     if not remote and not compiler.can_run_here(preset.target):
         raise UsageError(f"'{preset.name}' code does not run on this host: tune it on a device "
                          "(--rpc HOST:PORT, or --tracker HOST:PORT --key KEY)")
+    if remote:
+        _reach_device(opts)
     threads = opts.threads or preset.threads or (os.cpu_count() or 1)
     t0 = time.monotonic()
 
@@ -227,6 +231,15 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     est = None if untuned else round(sum(r["total_ms"] for r in rows), 3)
     return TuneResult(directory, name, rows, sum(s.trials for s in states),
                       sum(s.valid for s in states), time.monotonic() - t0, est, untuned)
+
+
+def _reach_device(opts: TuneOptions) -> None:
+    """Reach the device once, within ``opts.timeout_s``, before the long work (as verify and
+    bench do): nothing listening, a wrong key or a server that does not answer is one line now,
+    not every candidate failing later. MetaSchedule's runner then opens its own sessions."""
+    spec = DeviceSpec(rpc=opts.rpc, tracker=opts.tracker, key=opts.key, timeout_s=opts.timeout_s)
+    session, _ = rpc_client.open_session(spec)
+    del session  # hands the device back (a tracker's lease ends with its session)
 
 
 def format_tasks(result: TuneResult) -> str:
