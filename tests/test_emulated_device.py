@@ -19,6 +19,8 @@ import pytest
 from conftest import refused_address
 
 from edgecompile.devices import emulated as emu
+from edgecompile.devices import tracker as tracker_protocol
+from edgecompile.devices.net import free_port, group_members
 from edgecompile.errors import EdgeCompileError, UnknownNameError, UsageError
 from edgecompile.pipeline.build import build
 from edgecompile.pipeline.spec import BuildOptions
@@ -137,7 +139,7 @@ def _run_remote(remote, lib_path, x):
 
 def _assert_gone(dev):
     assert not dev.alive()
-    assert emu.group_members(dev.pid) == []
+    assert group_members(dev.pid) == []
     assert not dev.run_dir.exists()
     with socket.socket() as s:
         assert s.connect_ex((dev.host, dev.port)) != 0  # nothing listens any more
@@ -169,7 +171,7 @@ def test_aarch64_library_runs_on_pinned_cortex_a72_and_matches_x86(root, libs):
     expected = _run_local(libs["x86"], x)
     with emu.start("cortex-a72", root=root) as dev:
         assert dev.alive() and dev.core == "cortex-a72"
-        members = emu.group_members(dev.pid)
+        members = group_members(dev.pid)
         assert len(members) >= 2  # the server and the listening worker it started
         remote = tvm.rpc.connect(dev.host, dev.port)
         got = _run_remote(remote, libs["rpi4"], x)
@@ -184,7 +186,7 @@ def test_aarch64_library_runs_on_pinned_cortex_a72_and_matches_x86(root, libs):
 def test_registers_with_a_tracker(root, libs, tmp_path):
     import tvm.rpc
 
-    tport = emu.free_port()
+    tport = free_port()
     tracker = subprocess.Popen(
         [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
          str(tport), "--port-end", str(tport + 1), "--silent"],
@@ -193,14 +195,14 @@ def test_registers_with_a_tracker(root, libs, tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                emu.tracker_summary(f"127.0.0.1:{tport}")
+                tracker_protocol.summary(f"127.0.0.1:{tport}")
                 break
-            except OSError:
+            except EdgeCompileError:
                 assert time.monotonic() < deadline and tracker.poll() is None
                 time.sleep(0.2)
         with emu.start("cortex-a53", tracker=f"127.0.0.1:{tport}", key="emu-a53",
                        root=root) as dev:
-            summary = emu.tracker_summary(f"127.0.0.1:{tport}")
+            summary = tracker_protocol.summary(f"127.0.0.1:{tport}")
             assert summary["queue_info"]["emu-a53"]["free"] == 1
             remote = tvm.rpc.connect_tracker("127.0.0.1", tport).request("emu-a53",
                                                                          session_timeout=120)

@@ -9,6 +9,7 @@ import pytest
 from conftest import act_when
 
 from edgecompile.devices import emulated as emu
+from edgecompile.devices import tracker as tracker_protocol
 from edgecompile.devices.services import start_native_server, start_tracker
 from edgecompile.measure.matrix import MatrixOptions, run_matrix
 from edgecompile.models import list_families, list_models
@@ -18,7 +19,7 @@ ONE_PER_FAMILY = tuple(list_models(f)[0] for f in list_families())
 
 
 def _free(tracker: str, key: str) -> int:
-    summary = emu.tracker_summary(tracker)
+    summary = tracker_protocol.summary(tracker)
     return summary.get("queue_info", {}).get(key, {}).get("free", 0)
 
 

@@ -96,3 +96,38 @@ def test_a_server_that_never_answers_times_out_in_one_line(x86_artifact, tmp_pat
             assert time.monotonic() - t < 30
         finally:
             os.killpg(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_tracker_that_resets_the_connection_fails_in_one_line(x86_artifact):
+    """Something listens at the tracker's address but drops every connection (a crashed
+    tracker behind a proxy, the wrong service): one line naming it, not a raw reset."""
+    import socket
+    import struct
+    import threading
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        stop = threading.Event()
+
+        def drop_all():
+            srv.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # linger 0: a reset, not a clean close
+
+        worker = threading.Thread(target=drop_all, daemon=True)
+        worker.start()
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+        try:
+            with pytest.raises(EdgeCompileError) as err:
+                verify(x86_artifact.path, device=DeviceSpec(tracker=address, key="x86"))
+        finally:
+            stop.set()
+            worker.join()
+    assert str(err.value).startswith(f"tracker {address} did not answer as a TVM RPC tracker")
+    assert "\n" not in str(err.value)

@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from edgecompile.devices.net import parse_hostport
+from edgecompile.errors import EdgeCompileError
 
 TRACKER_MAGIC = 0x2F271
 # TrackerCode (tvm/rpc/base.py)
@@ -57,12 +58,17 @@ def _connect(address: str, timeout_s: float | None) -> socket.socket:
 
 def summary(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """The tracker's summary: {"queue_info": {key: {"free": n, "pending": m}}, "server_info":
-    [{"key": "server:KEY", "addr": [host, port]}, ...]}."""
-    with _connect(address, timeout_s) as s:
-        _send(s, [SUMMARY])
-        code, value = _recv(s)
+    [{"key": "server:KEY", "addr": [host, port]}, ...]}. Anything but a tracker's answer (a
+    reset, a timeout, another protocol) is one EdgeCompileError line."""
+    try:
+        with _connect(address, timeout_s) as s:
+            _send(s, [SUMMARY])
+            code, value = _recv(s)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise EdgeCompileError(f"tracker {address} did not answer as a TVM RPC tracker: {reason}") from None
     if code != SUCCESS:
-        raise ConnectionError(f"tracker {address} answered {code} to a summary request")
+        raise EdgeCompileError(f"tracker {address} answered {code} to a summary request")
     return value
 
 
@@ -91,7 +97,7 @@ def registered(address: str, key: str, port: int | None = None) -> bool:
     cannot be asked."""
     try:
         s = summary(address)
-    except (OSError, ValueError):
+    except EdgeCompileError:
         return False
     if s.get("queue_info", {}).get(key, {}).get("free", 0) < 1:
         return False

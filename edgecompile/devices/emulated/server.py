@@ -135,7 +135,7 @@ def start(core: str, port: int | None = None, tracker: str | None = None,
         parse_hostport(tracker, "tracker")
         try:
             tracker_protocol.summary(tracker)
-        except (OSError, ValueError) as e:
+        except EdgeCompileError as e:
             raise EdgeCompileError(f"cannot reach RPC tracker {tracker}: {e}") from None
     if port is not None:
         if not port_free(host, port):
