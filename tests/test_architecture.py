@@ -157,11 +157,18 @@ def test_every_project_module_attribute_used_exists():
                 aliases |= {a.asname: a.name for a in node.names
                             if a.asname and a.name.startswith(PACKAGE + ".")}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in aliases
-                    and not hasattr(importlib.import_module(aliases[node.value.id]), node.attr)):
+            used = None
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                used = (node.value.id, node.attr)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "setattr" and len(node.args) >= 2
+                  and isinstance(node.args[0], ast.Name)
+                  and isinstance(node.args[1], ast.Constant)):  # monkeypatch.setattr(mod, "name", ...)
+                used = (node.args[0].id, node.args[1].value)
+            if (used and used[0] in aliases
+                    and not hasattr(importlib.import_module(aliases[used[0]]), used[1])):
                 missing.append(f"{path.relative_to(REPO)}:{node.lineno}: "
-                               f"{aliases[node.value.id]} has no {node.attr}")
+                               f"{aliases[used[0]]} has no {used[1]}")
     assert not missing, "\n".join(missing)
 
 

@@ -20,6 +20,8 @@ from conftest import refused_address
 
 from edgecompile.devices import emulated as emu
 from edgecompile.devices import tracker as tracker_protocol
+from edgecompile.devices.emulated import server as emu_server
+from edgecompile.devices.emulated import tools as emu_tools
 from edgecompile.devices.net import free_port, group_members
 from edgecompile.errors import EdgeCompileError, UnknownNameError, UsageError
 from edgecompile.pipeline.build import build
@@ -45,7 +47,7 @@ mattr = ["+neon", "+sve"]
 
 def test_missing_packages_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no qemu, no debootstrap, no dpkg-deb
-    monkeypatch.setattr(emu, "_which", lambda tool: None)
+    monkeypatch.setattr(emu_tools, "which", lambda tool: None)
     with pytest.raises(EdgeCompileError) as e:
         emu.prepare(tmp_path / "rootfs")
     msg = str(e.value)
@@ -232,7 +234,7 @@ def test_port_in_use_fails_fast(root):
 
 
 def test_server_dying_at_start_reports_its_stderr(root, monkeypatch, tmp_path):
-    monkeypatch.setattr(emu, "SERVER_MODULE", "tvm.exec.no_such_server")
+    monkeypatch.setattr(emu_server, "SERVER_MODULE", "tvm.exec.no_such_server")
     # A private temp dir: under xdist another worker may be starting a device of its own.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(EdgeCompileError, match=r"exited during start-up(.|\n)*no_such_server"):

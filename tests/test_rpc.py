@@ -129,5 +129,7 @@ def test_a_tracker_that_resets_the_connection_fails_in_one_line(x86_artifact):
         finally:
             stop.set()
             worker.join()
-    assert str(err.value).startswith(f"tracker {address} did not answer as a TVM RPC tracker")
-    assert "\n" not in str(err.value)
+    # The reset can come at the reachability probe or at the tracker's summary: one line that
+    # names the tracker either way, never a raw ConnectionResetError.
+    message = str(err.value)
+    assert f"tracker {address}" in message and "\n" not in message, message
