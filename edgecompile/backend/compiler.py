@@ -51,13 +51,36 @@ def import_onnx(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...])
 GUARDED = "guarded"  # our GPU pipeline: dlight rules that fail pass the function on
 
 
+TVM_DEFAULT = "tvm-default"  # TVM's own pipeline untouched: naive loops on CPUs (comparisons)
+
+
+def is_cpu(target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def schedules(target, pipeline: str = "default") -> str:
+    """What schedules the kernels of a ``compile_module(mod, target, pipeline)`` get, for the
+    manifest: our CPU rules, dlight's GPU rules, or TVM's default (naive loops on a CPU)."""
+    if pipeline == TVM_DEFAULT:
+        return "tvm-default"
+    return "edgecompile-cpu-rules" if is_cpu(target) else "tvm-dlight-gpu"
+
+
 def compile_module(mod, target, pipeline: str = "default"):
-    """Relax module -> executable. The "default" pipeline legalises, fuses and, for GPU
-    targets, applies dlight's GPU schedules (thread binding) to every kernel. On a GPU target
-    where that fails inside a dlight rule, the guarded pipeline is used instead."""
+    """Relax module -> executable. The "default" pipeline legalises, fuses and schedules every
+    kernel: on CPUs with our rules (cpu_schedules: TVM 0.27 has no CPU schedules of its own,
+    and a kernel already scheduled, e.g. from tuning records, keeps its schedule), on GPUs with
+    dlight's rules (thread binding). On a GPU target where a dlight rule fails, the guarded
+    pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched."""
     tvm = load_tvm()
     if pipeline == GUARDED:
         return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+    if pipeline == TVM_DEFAULT:
+        return tvm.compile(mod, target=target, relax_pipeline="default")
+    if pipeline == "default" and is_cpu(target):
+        from edgecompile.backend.cpu_schedules import cpu_pipeline
+
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
     try:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except AssertionError:
@@ -66,6 +89,14 @@ def compile_module(mod, target, pipeline: str = "default"):
         if pipeline != "default" or "gpu" not in [str(k) for k in target.keys]:
             raise
         return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+
+
+def unscheduled_cpu_kernels(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...],
+                            target: dict[str, Any]) -> list[str]:
+    """The kernels of this graph that no CPU schedule rule takes (empty: every one is scheduled)."""
+    from edgecompile.backend.cpu_schedules import unscheduled_kernels
+
+    return unscheduled_kernels(import_onnx(model, input_name, shape), make_target(target))
 
 
 def _guarded_gpu_pipeline(target):

@@ -20,6 +20,7 @@ class CompiledLibrary:
     target: dict[str, Any]  # the full TVM target, as TVM canonicalised it (host included)
     kernels: dict[str, Any]  # GPU targets: device-kernel report (see compiler.device_kernels)
     tuning: dict[str, Any] = field(default_factory=lambda: {"records": None})  # manifest "tuning"
+    schedules: str = "edgecompile-cpu-rules"  # see backend.compiler.schedules
 
 
 def compile_onnx(
@@ -48,7 +49,8 @@ def compile_onnx(
     compiler.export_library(executable, out_path, preset.cross_compiler)
     if kernels and out_path.suffix == ".so":
         _check_source_embedded(out_path, kernels)
-    return CompiledLibrary(out_path, compiler.target_to_dict(target), kernels, tuning)
+    return CompiledLibrary(out_path, compiler.target_to_dict(target), kernels, tuning,
+                           compiler.schedules(target, pipeline))
 
 
 def _check_source_embedded(lib: Path, kernels: dict[str, Any]) -> None:

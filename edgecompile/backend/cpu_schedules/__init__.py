@@ -1,0 +1,18 @@
+"""Default CPU schedules for TVM 0.27 Relax, which has none of its own.
+
+Untuned, TVM's CPU code is naive loops (30-180x slower than ONNX Runtime on these models).
+These rules give every kernel a register-blocked, vectorised, parallel schedule without
+tuning, parameterised by the target's vector width and core count (target_info.py), never by
+a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
+
+- legalize.py: conv2d as our own TE computes (vector along the output row, or along output
+  channels with the weights re-blocked once at build time), erf as TOPI's fast_erf;
+- rules/: one dlight-style rule per kernel class (PointwiseFVec, Conv2DNCHW for regular /
+  grouped / depthwise / pooling windows, Dense, Fallback for everything else); a rule that
+  fails on a kernel declines (SafeRule) and the next one tries;
+- pipeline.py: TVM's CPU passes with the above, and ``unscheduled_kernels`` for tests.
+"""
+
+from .pipeline import cpu_pipeline, unscheduled_kernels
+
+__all__ = ["cpu_pipeline", "unscheduled_kernels"]

@@ -1,0 +1,243 @@
+"""Custom legalisation for CPU (LegalizeOps(customize_legalize_map=make_legalize_map(target))).
+
+Every NCHW convolution with constant weights becomes one of two TE computes, chosen by which
+vector fills more SIMD lanes (the graph itself stays NCHW: no layout transforms anywhere):
+
+* `edge_conv`: vector along the output row (regular, grouped and depthwise convs, one formula).
+  Rows that no vector divides well (111, 55, 27) are computed rounded up to whole vectors on a
+  wider padded input and cropped by the store.
+* `edge_pw_fvec` (any k x k, grouped if the group's channels hold whole vectors): vector along
+  output channels, for small maps (7x7, 14x14, 13x13...) whose rows would leave lanes idle, yet
+  which carry most of a MobileNet's FLOPs. Needs weights blocked [C_out/b, C_in/g, kh, kw, b];
+  they are constants, so they are reordered here once, at build time (numpy), never at run time.
+
+Also: erf -> TOPI's fast_erf (see _fast_erf).
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te, topi
+from tvm.ir import Op
+from tvm.target import Target
+
+from .rules.common import split_vector
+from .tags import CONV_TAG, PW_FVEC_TAG
+from .target_info import cpu_info
+
+# A row vector that fills less than this share of the SIMD lanes is computed on a rounded-up row
+# (garbage columns in registers, cropped when stored): 111 -> 112 instead of 3-wide vectors.
+MIN_ROW_UTIL = 0.8
+
+
+def make_legalize_map(target: Target) -> dict:
+    """The ops whose TOPI legalisation we replace for CPU."""
+    return {"relax.nn.conv2d": make_conv2d_legalizer(target), "relax.erf": _fast_erf}
+
+
+def _fast_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """GELU's erf: libm's scalar erff call blocks vectorisation (FasterNet's GELU epilogues took
+    12 of its 20 ms); TOPI's fast_erf is Eigen's rational approximation (float32, a few ulp)."""
+    if str(call.args[0].ty.dtype) != "float32":
+        return Op.get("relax.erf").get_attr("FLegalize")(bb, call)
+    return bb.call_te(topi.fast_erf, call.args[0])
+
+
+def _default_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    return Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
+
+
+def _const_array(expr: relax.Expr) -> np.ndarray | None:
+    # 0.27: a Relax constant is `GenericConst` with `.value` (earlier: relax.Constant with `.data`).
+    for attr in ("value", "data"):
+        val = getattr(expr, attr, None)
+        if val is not None and hasattr(val, "numpy"):
+            return val.numpy()
+    return None
+
+
+def channel_block(channels: int, lanes: int) -> int:
+    """Largest power-of-two vector (<= lanes, >= 4) dividing the channel count, else 0."""
+    b = lanes
+    while b >= 4:
+        if channels % b == 0:
+            return b
+        b //= 2
+    return 0
+
+
+class _Conv:
+    """Shapes of one NCHW conv2d call, all static ints."""
+
+    def __init__(self, call: relax.Call, wnp: np.ndarray):
+        a = call.attrs
+        x = call.args[0]
+        self.x = x
+        self.n, self.c, self.h, self.w = (int(s) for s in x.ty.shape)
+        self.f, self.icpg, self.kh, self.kw = wnp.shape
+        self.groups = int(a.groups)
+        self.ocpg = self.f // self.groups
+        self.sh, self.sw = (int(s) for s in a.strides)
+        self.dh, self.dw = (int(d) for d in a.dilation)
+        self.pt, self.pl, self.pb, self.pr = (int(p) for p in a.padding)
+        self.h_out = (self.h + self.pt + self.pb - self.dh * (self.kh - 1) - 1) // self.sh + 1
+        self.w_out = (self.w + self.pl + self.pr - self.dw * (self.kw - 1) - 1) // self.sw + 1
+        self.dtype = str(x.ty.dtype)
+
+    def padded(self, data, extra_right: int = 0):
+        if self.pt or self.pl or self.pb or self.pr or extra_right:
+            return topi.nn.pad(
+                data, [0, 0, self.pt, self.pl], [0, 0, self.pb, self.pr + extra_right], name="pad_temp"
+            )
+        return data
+
+
+def make_conv2d_legalizer(target: Target):
+    lanes = cpu_info(target).lanes
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        a = call.attrs
+        x, w = call.args
+        wnp = _const_array(w)
+        # 0.27 names a Relax expression's type `.ty` (struct_info before).
+        if (
+            wnp is None
+            or getattr(x.ty, "shape", None) is None
+            or a.data_layout != "NCHW"
+            or a.kernel_layout != "OIHW"
+            or a.out_layout != "NCHW"
+            or (a.out_dtype not in ("", None) and str(a.out_dtype) != str(x.ty.dtype))
+        ):
+            return _default_conv2d(bb, call)
+        cv = _Conv(call, wnp)
+        # Row vector utilisation: along the flat map for a pointwise stride-1 conv, else the row.
+        pointwise = (cv.kh, cv.kw, cv.sh, cv.sw, cv.pt, cv.pl, cv.pb, cv.pr) == (1, 1, 1, 1, 0, 0, 0, 0)
+        row = cv.h_out * cv.w_out if pointwise else cv.w_out
+        if pointwise:
+            vl = split_vector(row, lanes, 4)[1]
+            row_util = vl / lanes if row >= lanes else row / lanes
+        else:
+            vl = split_vector(row, lanes, 4)[1]
+            row_util = vl / lanes if row >= lanes else row / lanes
+            if row > lanes and row_util < MIN_ROW_UTIL:
+                row_util = row / (-(-row // lanes) * lanes)  # rounded-up row
+        b = channel_block(cv.ocpg, lanes) if cv.icpg > 1 or cv.groups == 1 else 0
+        # Channel vectors must win clearly: on large maps the row kernel's contiguous stores and
+        # short per-tile overhead win (stem 3->64 @111: 0.40 ms rows vs 1.17 ms channels).
+        if b and b / lanes >= row_util + 0.1:
+            return _fvec_conv2d(bb, cv, wnp, b)
+        # Channels that only fill part-width vectors (1000 classes: 8 lanes; ShuffleNet's 116: 4):
+        # compute whole-register channel blocks on zero-padded weights, crop when storing.
+        if cv.groups == 1 and cv.f % lanes:
+            f_pad = -(-cv.f // lanes) * lanes
+            if cv.f / f_pad >= row_util + 0.1:
+                return _fvec_conv2d(bb, cv, wnp, lanes, f_pad)
+        return _direct_conv2d(bb, cv, wnp, lanes)
+
+    return legalize
+
+
+def _fvec_conv2d(
+    bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, b: int, f_pad: int = 0
+) -> relax.Expr:
+    f_real = wnp.shape[0]
+    if f_pad > f_real:
+        wnp = np.concatenate([wnp, np.zeros((f_pad - f_real,) + wnp.shape[1:], wnp.dtype)])
+    f, icpg, kh, kw = wnp.shape
+    # [F, Ci, kh, kw] -> [F/b, Ci, kh, kw, b]: one contiguous b-wide vector per (block, tap).
+    wb = np.ascontiguousarray(wnp.reshape(f // b, b, icpg, kh, kw).transpose(0, 2, 3, 4, 1))
+    wconst = relax.const(wb, cv.dtype)
+    blocks_per_group = cv.ocpg // b
+
+    def in_channel(ff, rc):
+        # groups == 1: no group term at all (the simplifier cannot always prove ff // b // nblk == 0,
+        # and a lane-dependent channel index turns the broadcast into a gather: 0.09 -> 0.35 ms).
+        if cv.groups == 1:
+            return rc
+        return ff // b // blocks_per_group * icpg + rc
+
+    def compute(data, wblk):
+        padded = cv.padded(data)
+        rc = te.reduce_axis((0, icpg), name="rc")
+        ry = te.reduce_axis((0, kh), name="ry")
+        rx = te.reduce_axis((0, kw), name="rx")
+        # The input channel depends on ff only through ff // b (uniform across the vector lanes),
+        # so the input value is one broadcast per (position, tap).
+        out = te.compute(
+            (cv.n, f, cv.h_out, cv.w_out),
+            lambda nn, ff, yy, xx: te.sum(
+                padded[
+                    nn,
+                    in_channel(ff, rc),
+                    yy * cv.sh + ry * cv.dh,
+                    xx * cv.sw + rx * cv.dw,
+                ]
+                * wblk[ff // b, rc, ry, rx, ff % b],
+                axis=[rc, ry, rx],
+            ),
+            name=PW_FVEC_TAG,
+        )
+        if f != f_real:
+            out = te.compute((cv.n, f_real, cv.h_out, cv.w_out), lambda *i: out(*i), name="edge_crop")
+        return out
+
+    return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d_cv")
+
+
+def _run_width(w_out: int, lanes: int) -> int:
+    """Row length actually computed: whole registers (x86: a <14 x float> load is split into
+    8+4+2-wide loads and shuffles; measured slower than computing 2 garbage columns)."""
+    if w_out % lanes == 0:
+        return w_out
+    if w_out > lanes:
+        return -(-w_out // lanes) * lanes
+    p = 4
+    while p < w_out:
+        p *= 2
+    return p
+
+
+def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: int) -> relax.Expr:
+    """Row-vector conv; a poorly divisible row is rounded up to whole vectors and cropped."""
+    depthwise = cv.icpg == 1 and cv.groups > 1
+    if depthwise and cv.sw == 1:
+        # Stride-1 depthwise: whole registers (x86 splits a <14 x float> load into 8+4+2-wide
+        # loads and shuffles; 144ch@56: 0.143 ms rounded to 64 vs 0.166 ms with 14-wide vectors).
+        w_run = _run_width(cv.w_out, lanes)
+    else:
+        # Strided: rounding widens the deinterleaved plane copy, which dominates (96ch@112 s2:
+        # 0.79 vs 0.31 ms); round only rows no divisor fills well (111 -> 112, not 56 -> 64).
+        _, vl = split_vector(cv.w_out, lanes, 4)
+        w_run = cv.w_out
+        if cv.w_out > lanes and vl / lanes < MIN_ROW_UTIL:
+            w_run = -(-cv.w_out // lanes) * lanes
+    # Right padding so that the rounded-up row reads inside the padded input.
+    need_w = (w_run - 1) * cv.sw + cv.dw * (cv.kw - 1) + 1
+    extra = max(0, need_w - (cv.w + cv.pl + cv.pr))
+    if depthwise and cv.sw == 1 and (cv.pt or cv.pl or cv.pb or cv.pr):
+        # Depthwise: the schedule builds a padded plane per channel; a row of whole vectors (x the
+        # stride, for the deinterleaved layout) makes its zero fill and copy plain vector stores.
+        # (58-wide rows vectorised 2 lanes at a time: the plane cost more than the convolution.)
+        unit = lanes
+        wp = cv.w + cv.pl + cv.pr + extra
+        extra += -(-wp // unit) * unit - wp
+    wconst = relax.const(wnp, cv.dtype)
+
+    def compute(data, weight):
+        padded = cv.padded(data, extra)
+        rc = te.reduce_axis((0, cv.icpg), name="rc")
+        ry = te.reduce_axis((0, cv.kh), name="ry")
+        rx = te.reduce_axis((0, cv.kw), name="rx")
+        out = te.compute(
+            (cv.n, cv.f, cv.h_out, w_run),
+            lambda nn, ff, yy, xx: te.sum(
+                padded[nn, ff // cv.ocpg * cv.icpg + rc, yy * cv.sh + ry * cv.dh, xx * cv.sw + rx * cv.dw]
+                * weight[ff, rc, ry, rx],
+                axis=[rc, ry, rx],
+            ),
+            name=CONV_TAG,
+        )
+        if w_run != cv.w_out:
+            out = te.compute((cv.n, cv.f, cv.h_out, cv.w_out), lambda *i: out(*i), name="edge_crop")
+        return out
+
+    return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d")

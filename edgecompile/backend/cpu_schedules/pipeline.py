@@ -1,0 +1,63 @@
+"""`cpu_pipeline(target)`: TVM's CPU passes, with our legalisation and schedule rules.
+
+Usage: tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target)).
+The graph stays NCHW (see rules/conv.py for why); only the TIR of each fused kernel changes.
+A kernel that is already scheduled (tuning records applied before) keeps its schedule.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.s_tir import dlight
+from tvm.target import Target
+
+from .legalize import make_legalize_map
+from .rules import Conv2DNCHW, Dense, Fallback, PointwiseFVec
+from .rules.common import SafeRule
+
+SCHEDULED = "tirx.is_scheduled"  # the attribute dlight's ApplyDefaultSchedule sets
+
+
+def schedule_rules() -> list:
+    # Order matters: the first rule that recognises a kernel schedules it; Fallback takes the rest.
+    return [SafeRule(PointwiseFVec()), SafeRule(Conv2DNCHW()), SafeRule(Dense()), SafeRule(Fallback())]
+
+
+def schedule_passes(target: Target) -> list:
+    """Legalise (our conv2d / erf), fuse, then schedule every fused kernel with the rules."""
+    return [
+        relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dlight.ApplyDefaultSchedule(*schedule_rules()),
+    ]
+
+
+def cpu_pipeline(target: Target):
+    @tvm.transform.module_pass(opt_level=0, name="EdgeCPUPipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(target)
+                + schedule_passes(target)
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )
+            mod = seq(mod)
+        return mod
+
+    return _pipeline
+
+
+def unscheduled_kernels(mod: tvm.ir.IRModule, target: Target) -> list[str]:
+    """Names of the kernels no rule scheduled: they would run as TVM's naive loops."""
+    with target:
+        mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
+                                       + schedule_passes(target))(mod)
+    return sorted(gv.name_hint for gv, f in mod.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc)
+                  and not (f.attrs is not None and SCHEDULED in f.attrs and f.attrs[SCHEDULED] == 1))

@@ -1,0 +1,105 @@
+"""Small helpers shared by the rules."""
+from __future__ import annotations
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+log = logging.getLogger("cpu_schedules")
+
+
+def child_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def type_is(obj, name: str) -> bool:
+    """Check a TVM node's type by name: TVM 0.27 exposes some node classes only as factory functions
+    (tirx.BufferLoad) and moved others between modules (IntImm), so isinstance is brittle."""
+    return type(obj).__name__ == name
+
+
+def int_extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if type_is(ext, "IntImm") else None
+
+
+def is_plain_copy(sch: s_tir.Schedule, block) -> bool:
+    """A pad block whose padding is zero is a copy: inline it (no extra pass over the data)."""
+    body = sch.get(block).body
+    return type_is(body, "BufferStore") and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
+
+
+def split_vector(extent: int, lanes: int, max_vec: int) -> tuple[int, int]:
+    """(unrolled vectors, lanes per vector) whose product divides `extent`.
+
+    Prefer whole SIMD registers; when the extent has no multiple of the register width (7x7, 13x13
+    maps), vectorise a divisor of it: LLVM splits an odd-width vector into legal pieces, which beats
+    the scalar tail a predicated split would leave.
+    """
+    for nv in range(max_vec, 0, -1):
+        if extent % (nv * lanes) == 0:
+            return nv, lanes
+    # No whole-register multiple: a vector of d < lanes (7, 14, 13...) is widened by LLVM to one
+    # register. Wider odd vectors (49 lanes) are legalised badly (measured 10x slower): avoid them.
+    d = max(d for d in range(1, lanes + 1) if extent % d == 0)
+    nv = largest_divisor(extent // d, max_vec)
+    return nv, d
+
+
+# Below this much work (multiply-adds, or elements for data movement) a kernel runs on one thread:
+# waking the pool and joining costs a few microseconds per kernel, more than the kernel itself
+# (MobileNeXt at 160 has ~80 kernels, many on 5x5 maps).
+MIN_PARALLEL_WORK = 128 * 1024
+
+
+def maybe_parallel(sch: s_tir.Schedule, loop, work: int, cores: int) -> None:
+    if cores > 1 and work >= MIN_PARALLEL_WORK and (int_extent(sch, loop) or 0) > 1:
+        sch.parallel(loop)
+
+
+def largest_divisor(n: int, cap: int) -> int:
+    cap = max(1, min(cap, n))
+    return max(d for d in range(1, cap + 1) if n % d == 0)
+
+
+def vectorize_inner(sch: s_tir.Schedule, block, lanes: int, unroll_rest: bool = True) -> None:
+    """Vectorise the innermost loop of `block` (split by lanes when it divides), unroll the others."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = int_extent(sch, inner)
+    if ext is None:
+        return
+    if ext > lanes and ext % lanes == 0:
+        outer, inner = sch.split(inner, factors=[None, lanes])
+        if unroll_rest:
+            sch.unroll(outer)
+    if ext > 1:
+        sch.vectorize(inner)
+
+
+class SafeRule(ScheduleRule):
+    """Run a rule; a rule that raises declines (returns None) so that the next one can try.
+
+    dlight's ApplyDefaultSchedule does not catch errors, and one odd kernel must not fail a build.
+    """
+
+    def __init__(self, inner: ScheduleRule):
+        self.inner = inner
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        try:
+            return self.inner.apply(func, target, tunable)
+        except Exception as err:  # noqa: BLE001 - any schedule error means "not my kernel"
+            import traceback
+
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            log.info("%s declined at %s:%s: %s", type(self.inner).__name__, where.filename.split("/")[-1], where.lineno, str(err).strip().splitlines()[-1][:300])
+            return None

@@ -1,0 +1,274 @@
+"""NCHW convolutions and sliding-window reductions (depthwise, grouped, pooling), untuned.
+
+One register-blocked micro-kernel for every shape (NeoCPU-style broadcast-FMA), in NCHW so that no
+layout transform is needed anywhere in the graph (ShuffleNet's 58/116/232 channels and its channel
+shuffle, FasterNet's partial split, ReLU6 imported as max/min kernels all stay as they are):
+
+* pointwise, stride 1: the output map is treated as one flat axis p = y*W + x; each tile holds `mr`
+  output channels x `nv` vectors of p in registers; per input channel, `nv` contiguous vector loads
+  and `mr` broadcast weights feed mr*nv FMAs (a GEMM micro-kernel over C_out x HW, K = C_in);
+* other convolutions (k x k, strided, grouped): same tile, with the vector along the output row;
+* depthwise and pooling: one channel per tile (no reuse across channels), vector along the row,
+  the padded input plane built per channel inside the parallel loop so that it stays in cache.
+* stride s > 1: the padded input is stored deinterleaved, [.., h, w % s, w // s], so each tap of
+  a row vector is a contiguous load (TVM emits a stride-2 vector load as scalar loads).
+
+Row lengths and channel counts come from legalize.py already rounded where that pays (whole
+registers, cropped on store); here the tile sizes come from the target's lanes and registers.
+
+Bias, activation and residual blocks that FuseOps put after the convolution are computed per tile
+from the register accumulators (reverse_compute_at), never as a separate pass.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.sym import detect_linear_equation
+from tvm.target import Target
+
+from ..target_info import cpu_info
+from .common import (
+    child_blocks,
+    int_extent,
+    is_plain_copy,
+    is_reduction,
+    largest_divisor,
+    maybe_parallel,
+    split_vector,
+    type_is,
+)
+
+
+def _coef(expr, var) -> int | None:
+    res = detect_linear_equation(expr, [var])
+    if len(res) != 2 or not type_is(res[0], "IntImm"):
+        return None
+    return int(res[0])
+
+
+class Conv2DNCHW(ScheduleRule):
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        info = cpu_info(target)
+        sch = s_tir.Schedule(func)
+        blocks = child_blocks(sch)
+        reds = [b for b in blocks if is_reduction(sch, b)]
+        if len(reds) != 1:
+            return None
+        conv = reds[0]
+        cstmt = sch.get(conv)
+        ivs = cstmt.iter_vars
+        spatial = [iv for iv in ivs if iv.iter_type == tirx.IterVar.DataPar]
+        reduce = [iv for iv in ivs if iv.iter_type == tirx.IterVar.CommReduce]
+        if len(spatial) != 4 or len(reduce) not in (2, 3) or len(cstmt.writes) != 1:
+            return None
+        if len(cstmt.writes[0].source.shape) != 4:
+            return None
+        yv, xv = spatial[2].var, spatial[3].var
+        # The data read is the one indexed by the output row; its producer may be a pad block.
+        data_reads = [r for r in cstmt.reads if len(r.region) == 4 and _coef(r.region[2].min, yv)]
+        if len(data_reads) != 1:
+            return None
+        data = data_reads[0]
+        stride_h = _coef(data.region[2].min, yv)
+        stride_w = _coef(data.region[3].min, xv)
+        weight_reads = [r for r in cstmt.reads if r.source != data.source and len(r.region) == 4]
+        n_ext, f_ext, h_out, w_out = (int(iv.dom.extent) for iv in spatial)
+        red_ext = [int(iv.dom.extent) for iv in reduce]
+        # Depthwise / pooling: no reduction over input channels (only the window).
+        windowed = len(reduce) == 2 or red_ext[0] == 1
+        if windowed and len(reduce) == 3 and not weight_reads:
+            return None
+
+        idx = blocks.index(conv)
+        pro, epi = blocks[:idx], blocks[idx + 1 :]
+        pad = None
+        for b in pro:
+            writes_data = sch.get(b).writes[0].source.same_as(data.source)
+            # A strided conv keeps even a zero-padding copy: it becomes the deinterleaving stage.
+            if writes_data and (not is_plain_copy(sch, b) or stride_w > 1):
+                pad = b
+            else:
+                sch.compute_inline(b)  # zero padding (a copy) or an injective prologue
+        for b in epi:
+            if is_reduction(sch, b):
+                return None
+        for b in epi[:-1]:
+            sch.compute_inline(b)
+        last = epi[-1] if epi else None
+
+        in_shape = [int(s) for s in data.source.shape]
+        work = n_ext * f_ext * h_out * w_out
+        for e in red_ext:
+            work *= e
+        flat = (
+            not windowed
+            and pad is None
+            and stride_h == 1
+            and stride_w == 1
+            and all(e == 1 for e in red_ext[1:])
+            and in_shape[2] == h_out
+            and in_shape[3] == w_out
+        )
+        if last is None:
+            last = sch.cache_write(conv, 0, "local")
+        else:
+            sch.set_scope(conv, 0, "local")
+
+        lanes = info.lanes
+        if flat:
+            hw = h_out * w_out
+            # Make the output tile a rectangle: flatten (y, x) of the accumulator and of the epilogue.
+            sch.transform_layout(conv, ("write", 0), lambda n, f, y, x: (n, f, y * w_out + x))
+            sch.transform_block_layout(last, lambda n, f, y, x: (n, f, y * w_out + x))
+            sch.transform_block_layout(
+                conv, lambda n, f, y, x, rc, ry, rx: (n, f, y * w_out + x, rc, ry, rx)
+            )
+            loops = sch.get_loops(conv)
+            n, f, p = loops[:3]
+            rloops = loops[3:]
+            nv, vl = split_vector(hw, lanes, 4)
+            regs_per_row = nv * ((vl + lanes - 1) // lanes)
+            mr = _pick_mr(f_ext, (info.vregs - regs_per_row - 4) // regs_per_row)
+            fo, fi = sch.split(f, factors=[None, mr])
+            po, pu, pv = sch.split(p, factors=[None, nv, vl])
+            sch.reorder(n, po, fo, *rloops, fi, pu, pv)
+            outer = sch.fuse(n, po, fo)
+            maybe_parallel(sch, outer, work, info.cores)
+            sch.reverse_compute_at(last, outer)
+            inner_loops = [fi, pu]
+        elif not windowed:
+            loops = sch.get_loops(conv)
+            n, f, y, x = loops[:4]
+            rloops = loops[4:]
+            nv, vl = split_vector(w_out, lanes, 4)
+            regs_per_row = nv * ((vl + lanes - 1) // lanes)
+            mr = _pick_mr(f_ext, (info.vregs - regs_per_row - 4) // regs_per_row)
+            fo, fi = sch.split(f, factors=[None, mr])
+            xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
+            sch.reorder(n, fo, y, xo, *rloops, fi, xu, xv_)
+            outer = sch.fuse(n, fo, y)
+            maybe_parallel(sch, outer, work, info.cores)
+            sch.reverse_compute_at(last, xo)
+            inner_loops = [fi, xu]
+            pv = xv_
+            if pad is not None:
+                _deinterleave(sch, pad, stride_w)
+                _schedule_pad_stage(sch, pad, lanes, info.cores)
+        else:
+            loops = sch.get_loops(conv)
+            n, f, y, x = loops[:4]
+            rloops = loops[4:]
+            nv, vl = split_vector(w_out, lanes, 4)
+            xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
+            sch.reorder(n, f, y, xo, *rloops, xu, xv_)
+            outer = sch.fuse(n, f)
+            maybe_parallel(sch, outer, work, info.cores)
+            if pad is not None:
+                # The padded plane of this channel, built inside the parallel loop: stays in L1/L2.
+                _deinterleave(sch, pad, stride_w)
+                sch.compute_at(pad, outer)
+                # No decompose_padding here: zero fill + plain copy of every plane was not faster
+                # than the conditional copy (144ch@56 s1: 0.19 vs 0.17 ms; s2 96@112: 0.57 vs 0.31),
+                # and inlining the pad into the window loads was 1.5-2x slower.
+            sch.reverse_compute_at(last, xo)
+            inner_loops = [xu]
+            pv = xv_
+
+        # Annotate before decompose_reduction: vectorize refuses a reduction body without its init.
+        for lp in inner_loops:
+            sch.unroll(lp)
+        sch.vectorize(pv)
+        init = sch.decompose_reduction(conv, rloops[0])
+        # The accumulator zeroing and the epilogue: one vector store per register.
+        _vec_tail(sch, init, lanes)
+        _vec_tail(sch, last, lanes)
+        return sch
+
+
+def _pick_mr(channels: int, max_mr: int) -> int:
+    """Output channels per register tile: the most useful rows per tile, a divisor not required.
+
+    58 channels (ShuffleNet v2) have no divisor between 2 and 29; 2 rows left the FMA units idle.
+    A non-dividing tile adds a uniform (per-row, not per-lane) guard on the last tile only.
+    """
+    # More than 16 rows spilled (26 rows: 100 vs 170 GFLOP/s on 64->256 3x3 @13x13).
+    max_mr = max(1, min(max_mr, channels, 16))
+    # A divisor when one is at least half the budget: the guarded tail tile costs (1000 channels:
+    # 16 rows + guard 3.2 ms, 10 rows 1.2 ms); below that the guard is the lesser evil (58: 2 rows).
+    div = largest_divisor(channels, max_mr)
+    if 2 * div >= max_mr:
+        return div
+    best, best_score = 1, 0.0
+    for m in range(1, max_mr + 1):
+        tiles = -(-channels // m)
+        score = channels / tiles
+        if score > best_score + 1e-9:
+            best, best_score = m, score
+    return best
+
+
+def _vec_tail(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    # Only the loops below the tile loop belong to this block's tile (extent-known, small).
+    inner = loops[-1]
+    ext = int_extent(sch, inner)
+    if ext is None or ext <= 1:
+        return
+    # Never wider than one register unless a whole multiple: LLVM legalises <39 x float> badly.
+    _, vl = split_vector(ext, lanes, 64)
+    if vl < ext:
+        _, inner = sch.split(inner, factors=[None, vl])
+    if vl > 1:
+        sch.vectorize(inner)
+
+
+def _deinterleave(sch: s_tir.Schedule, pad, stride: int) -> None:
+    """Store the padded input as [.., h, w % s, w // s] for a stride-s window.
+
+    Output column x then reads column s*x + k, i.e. plane (k % s) at x + k // s: contiguous in x, so
+    the vector loads stay plain loads (a stride-2 vector load is scalarised by TVM's codegen:
+    measured 12 GFLOP/s on a stride-2 depthwise vs 50 at stride 1).
+    """
+    if stride <= 1:
+        return
+    width = int(sch.get(pad).writes[0].source.shape[3])
+    if width % stride:
+        return
+    sch.transform_layout(pad, ("write", 0), lambda n, c, h, w: (n, c, h, w % stride, w // stride))
+
+
+def _split_pad(sch: s_tir.Schedule, pad, lanes: int, n_outer: int) -> None:
+    """Zero the border, then copy the interior with plain vector loads (no per-element branch).
+
+    Without this the if_then_else of TOPI's pad costs more than a stride-1 depthwise window itself.
+    """
+    loops = sch.get_loops(pad)
+    try:
+        fill = sch.decompose_padding(pad, loops[n_outer])
+    except Exception:  # noqa: BLE001 - not a pad pattern (a plain copy): nothing to split
+        fill = None
+    for blk in (fill, pad):
+        if blk is None:
+            continue
+        inner = sch.get_loops(blk)[-1]
+        ext = int_extent(sch, inner)
+        if ext and ext > 1:
+            nv, vl = split_vector(ext, lanes, 64)
+            if vl > 1:
+                if vl != ext:
+                    _, inner = sch.split(inner, factors=[None, vl])
+                sch.vectorize(inner)
+
+
+def _schedule_pad_stage(sch: s_tir.Schedule, pad, lanes: int, cores: int = 2) -> None:
+    """A padded copy of the input, as its own parallel pass (regular k x k convs reuse it across
+    all output-channel tiles, so building it once is cheaper than per tile)."""
+    loops = sch.get_loops(pad)
+    fused = sch.fuse(*loops[:2])  # (n, c): one padded plane per parallel iteration
+    elems = 1
+    for s_ in sch.get(pad).writes[0].source.shape:
+        elems *= int(s_)
+    maybe_parallel(sch, fused, elems, cores)
+    _split_pad(sch, pad, lanes, 1)

@@ -1,0 +1,69 @@
+"""Dense / matmul with a batch of one (classifier head): y[j] = sum_k x[k] * W[k, j] (+ bias).
+
+Weight-bandwidth bound: stream W row by row, vector along j (contiguous), several vectors of j
+per tile in registers, parallel over j tiles.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from ..target_info import cpu_info
+from .common import child_blocks, is_reduction, maybe_parallel, split_vector
+
+
+class Dense(ScheduleRule):
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        info = cpu_info(target)
+        sch = s_tir.Schedule(func)
+        blocks = child_blocks(sch)
+        reds = [b for b in blocks if is_reduction(sch, b)]
+        if len(reds) != 1:
+            return None
+        mm = reds[0]
+        ivs = sch.get(mm).iter_vars
+        kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivs)
+        if kinds not in ("SSR", "SR"):
+            return None
+        # Only the matmul form whose weight is indexed [k, j]; NT form stays with the fallback.
+        stmt = sch.get(mm)
+        jv, kv = ivs[-2].var, ivs[-1].var
+        ok = any(
+            len(r.region) == 2 and r.region[0].min.same_as(kv) and r.region[1].min.same_as(jv)
+            for r in stmt.reads
+        )
+        if not ok:
+            return None
+        idx = blocks.index(mm)
+        for b in blocks[:idx]:
+            sch.compute_inline(b)
+        epi = blocks[idx + 1 :]
+        for b in epi[:-1]:
+            sch.compute_inline(b)
+        if epi:
+            last = epi[-1]
+            sch.set_scope(mm, 0, "local")
+        else:
+            last = sch.cache_write(mm, 0, "local")
+        loops = sch.get_loops(mm)
+        j, k = loops[-2], loops[-1]
+        n_j = int(ivs[-2].dom.extent)
+        nv, vl = split_vector(n_j, info.lanes, 4)
+        jo, ju, jvl = sch.split(j, factors=[None, nv, vl])
+        sch.reorder(jo, k, ju, jvl)
+        outer = sch.fuse(*loops[:-2], jo) if len(loops) > 2 else jo
+        work = 1
+        for iv in ivs:
+            work *= int(iv.dom.extent)
+        maybe_parallel(sch, outer, work, info.cores)
+        sch.reverse_compute_at(last, outer)
+        sch.unroll(ju)
+        sch.vectorize(jvl)
+        init = sch.decompose_reduction(mm, k)
+        for b in (init, last):
+            lp = sch.get_loops(b)[-1]
+            sch.vectorize(lp)
+        return sch

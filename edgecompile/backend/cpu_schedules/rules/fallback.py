@@ -1,0 +1,74 @@
+"""Last rule: every kernel gets at least parallel outer loops and a vectorised inner loop.
+
+Untouched PrimFuncs run as naive serial scalar loops (the 37-177x gap), so nothing may be left
+unscheduled: elementwise, concat, split, transpose/shuffle, reshape copies, reductions.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from ..target_info import cpu_info
+from .common import child_blocks, int_extent, is_reduction, maybe_parallel
+
+
+def _work(sch: s_tir.Schedule, block) -> int:
+    work = 1
+    for iv in sch.get(block).iter_vars:
+        work *= int(iv.dom.extent) if type(iv.dom.extent).__name__ == "IntImm" else 1 << 20
+    return work
+
+
+class Fallback(ScheduleRule):
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        info = cpu_info(target)
+        sch = s_tir.Schedule(func)
+        blocks = child_blocks(sch)
+        # Inline every injective block that can be inlined; what stays is what must be written.
+        for b in blocks:
+            if is_reduction(sch, b):
+                continue
+            try:
+                sch.compute_inline(b)
+            except Exception:  # noqa: BLE001 - output blocks and multi-consumer blocks stay
+                pass
+        for b in child_blocks(sch):
+            _parallel_vectorize(sch, b, info.lanes, info.cores)
+        return sch
+
+
+def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    ivs = sch.get(block).iter_vars
+    kinds = [iv.iter_type for iv in ivs]
+    # Leading spatial loops are safe to parallelise (blocks here are not nested: one loop per iter).
+    n_spatial = 0
+    for k in kinds:
+        if k != tirx.IterVar.DataPar:
+            break
+        n_spatial += 1
+    if len(loops) != len(ivs):
+        return
+    if n_spatial == len(loops) and n_spatial >= 1:
+        # Injective: vectorise the innermost axis (contiguous in the output), parallelise the rest.
+        inner = loops[-1]
+        ext = int_extent(sch, inner)
+        rest = loops[:-1]
+        if ext is not None and ext >= lanes and ext % lanes == 0:
+            io, ii = sch.split(inner, factors=[None, lanes])
+            sch.vectorize(ii)
+            rest = rest + [io]
+        elif ext is not None and 1 < ext <= 4 * lanes:
+            sch.vectorize(inner)
+        if rest:
+            fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
+            maybe_parallel(sch, fused, _work(sch, block), cores)
+    elif n_spatial >= 1:
+        # Reduction: parallelise the spatial prefix, reduce serially inside.
+        fused = sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0]
+        maybe_parallel(sch, fused, _work(sch, block), cores)
