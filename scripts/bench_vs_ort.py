@@ -1,10 +1,12 @@
-"""TVM (with this host's tuning records) vs ONNX Runtime vs PyTorch, per model.
+"""TVM vs ONNX Runtime vs PyTorch, per model, in one process, interleaved.
 
-    python scripts/bench_vs_ort.py mobilenet_v2_100 squeezenet1_1 [--target x86] [--threads 2]
+    python scripts/bench_vs_ort.py [MODEL ...] [--all] [--target x86] [--threads 2] [--input-size N]
 
-Builds each model (applying the records in tuning/<preset>-<cpu>/ when they match), runs
-edgecompile.compare.compare_engines (interleaved rounds, same thread count for every engine),
-prints a table and one JSON line per model (also appended to --results).
+Builds each model (default schedules, plus this CPU's tuning records where they match;
+--no-records for the default schedules alone), runs edgecompile.measure.compare.compare_engines
+(interleaved rounds, same thread count for every engine), prints a table and one JSON line per
+model (also appended to --results) naming the CPU and the schedules. Default: the seven
+flagships; --all: every registered variant.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from edgecompile.listing import as_table
 from edgecompile.measure import compare
+from edgecompile.models import list_models
 from edgecompile.pipeline.build import build
 from edgecompile.pipeline.spec import BuildOptions
 
@@ -26,6 +29,7 @@ FLAGSHIPS = ["squeezenet1_1", "mobilenet_v1_100", "mobilenet_v2_100", "shufflene
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help=f"default: the flagships ({', '.join(FLAGSHIPS)})")
+    p.add_argument("--all", action="store_true", help="every registered variant")
     p.add_argument("--target", default="x86")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--input-size", type=int)
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     rows, records = [], []
-    for name in args.models or FLAGSHIPS:
+    names = list_models() if args.all else (args.models or FLAGSHIPS)
+    for name in names:
         a = build(BuildOptions(name, args.target, output_dir=args.output, input_size=args.input_size,
                                use_records=not args.no_records), quiet=True)
         tuning = a.manifest.get("tuning") or {}
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         e.setdefault("torch", nan)
         rec = {
             "model": name, "target": args.target, "input_size": a.manifest["input"]["shape"][-1],
+            "cpu": a.manifest["target"]["tvm_target"].get("mcpu", ""),
+            "schedules": a.manifest["pipeline"].get("schedules", "tvm-default"),
             "threads": r["threads"], "runs_each": r["runs_each"],
             "tuning_records": tuning.get("records"),
             "tasks_tuned": f"{tuning.get('tasks_matched', 0)}/{tuning.get('tasks_total', '?')}",
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             "TVM/ORT": round(rec["tvm_over_ort"], 2), "TVM/torch": round(rec["tvm_over_torch"], 2),
             "TVM GFLOP/s": round(rec["tvm_gflops"], 1), "ORT GFLOP/s": round(rec["ort_gflops"], 1),
         })
-    print(f"\n{args.target}, {args.threads} threads, median of interleaved runs:")
+    cpu = records[0]["cpu"] if records else "?"
+    print(f"\n{args.target} ({cpu}), {args.threads} threads, median of interleaved runs:")
     print(as_table(rows))
     return 0
 

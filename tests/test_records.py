@@ -103,3 +103,18 @@ def test_a_model_never_tuned_skips_the_records_at_no_cost(tmp_path, monkeypatch)
     t = a.manifest["tuning"]
     assert t["records"] is None and "not tuned" in t["reason"] and t["searched"] == str(d)
     assert costly == []
+
+
+def test_records_from_before_the_default_schedules_are_not_applied(tmp_path, monkeypatch):
+    """Version-1 records (tuned against TVM's naive code) are slower than the default
+    schedules: a build skips them and says why."""
+    preset = get_target("x86")
+    d = tuning.records_dir(preset, tmp_path)
+    d.mkdir(parents=True)
+    (d / "database_tuning_record.json").write_text("")
+    key = {"version": 1, "preset": "x86", "target": tuning.target_key(preset)}
+    (d / tuning.KEY_FILE).write_text(json.dumps(key))
+    match = tuning.find_records(preset, tmp_path)
+    assert match.directory is None and "version 1" in match.reason and "re-tune" in match.reason
+    (d / tuning.KEY_FILE).write_text(json.dumps(key | {"version": tuning.KEY_VERSION}))
+    assert tuning.find_records(preset, tmp_path).directory == d

@@ -34,7 +34,11 @@ TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when recor
 # were never tuned, which is what lets `build` apply records by default.
 MODELS_FILE = "models.json"
 KEEP_PER_TASK = 8  # best records kept per task when compacting (the rest only cost repo space)
-KEY_VERSION = 1
+# 2: tuned since the default CPU schedules (backend/cpu_schedules). Version-1 records were
+# tuned against TVM's untouched, naive code; builds with them ran at 1.9-2.4x ONNX Runtime on
+# the Zen 3 they were tuned on (2.3-3.9x on a Zen 5), the default schedules alone at 0.8-1.5x
+# (Zen 5), so a build no longer applies them.
+KEY_VERSION = 2
 # How modules are prepared for tuning (must be the same at build time). Pre-packing lets
 # MetaSchedule choose each kernel's weight layout; the weights are transformed once at build.
 DEFAULT_LAYOUT = "NCHW"
@@ -94,9 +98,10 @@ def write_key(directory: Path, preset: TargetPreset, layout: str, prepack: bool,
     }
     old = read_key(directory)
     if old is not None and (old.get("target") != data["target"] or old.get("layout") != layout
-                            or old.get("prepack") != prepack):
-        raise UsageError(f"{directory} holds records for {old.get('target')} "
-                         f"(layout {old.get('layout')}, prepack {old.get('prepack')}); not mixing")
+                            or old.get("prepack") != prepack or old.get("version") != KEY_VERSION):
+        raise UsageError(f"{directory} holds version-{old.get('version')} records for {old.get('target')} "
+                         f"(layout {old.get('layout')}, prepack {old.get('prepack')}); not mixing "
+                         "(--records-dir elsewhere, or remove them)")
     (directory / KEY_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -114,7 +119,10 @@ def find_records(preset: TargetPreset, root: Path | None = None) -> RecordMatch:
     key = read_key(d)
     if key is None or not (d / "database_tuning_record.json").is_file():
         return RecordMatch(None, f"no records at {d}")
-    if key.get("target") != target_key(preset) or key.get("version") != KEY_VERSION:
+    if key.get("version") != KEY_VERSION:
+        return RecordMatch(None, f"records at {d} are version {key.get('version')}, tuned before the "
+                                 "default schedules and slower than them; re-tune to use records here")
+    if key.get("target") != target_key(preset):
         return RecordMatch(None, f"records at {d} are for {key.get('target')}, not {target_key(preset)}")
     return RecordMatch(d, "key matches", key)
 

@@ -101,5 +101,7 @@ class SafeRule(ScheduleRule):
             import traceback
 
             where = traceback.extract_tb(err.__traceback__)[-1]
-            log.info("%s declined at %s:%s: %s", type(self.inner).__name__, where.filename.split("/")[-1], where.lineno, str(err).strip().splitlines()[-1][:300])
+            log.info("%s declined at %s:%s: %s", type(self.inner).__name__,
+                     where.filename.split("/")[-1], where.lineno,
+                     str(err).strip().splitlines()[-1][:300])
             return None
