@@ -7,6 +7,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from ..target_info import CpuInfo, cpu_info
+
 log = logging.getLogger("cpu_schedules")
 
 
@@ -83,6 +85,33 @@ def vectorize_inner(sch: s_tir.Schedule, block, lanes: int, unroll_rest: bool = 
             sch.unroll(outer)
     if ext > 1:
         sch.vectorize(inner)
+
+
+class CpuRule(ScheduleRule):
+    """A rule for one class of CPU kernel: ``schedule`` recognises it among the PrimFunc's
+    blocks and returns the schedule, or None for a kernel that is not its own."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        return self.schedule(sch, child_blocks(sch), cpu_info(target))
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
+        raise NotImplementedError
+
+
+def accumulate_locally(sch: s_tir.Schedule, blocks: list, reduction) -> object:
+    """Inline the epilogue blocks after ``reduction`` but the last, and keep the reduction's
+    accumulator in registers ("local"): the block that writes the output, to be computed per
+    register tile (a cache write when the reduction is itself the output)."""
+    epilogue = blocks[blocks.index(reduction) + 1:]
+    for b in epilogue[:-1]:
+        sch.compute_inline(b)
+    if epilogue:
+        sch.set_scope(reduction, 0, "local")
+        return epilogue[-1]
+    return sch.cache_write(reduction, 0, "local")
 
 
 class SafeRule(ScheduleRule):

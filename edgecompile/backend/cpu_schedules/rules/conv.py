@@ -22,13 +22,11 @@ from the register accumulators (reverse_compute_at), never as a separate pass.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.sym import detect_linear_equation
-from tvm.target import Target
 
-from ..target_info import cpu_info
+from ..target_info import CpuInfo
 from .common import (
-    child_blocks,
+    CpuRule,
     int_extent,
     is_plain_copy,
     is_reduction,
@@ -46,13 +44,8 @@ def _coef(expr, var) -> int | None:
     return int(res[0])
 
 
-class Conv2DNCHW(ScheduleRule):
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        info = cpu_info(target)
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+class Conv2DNCHW(CpuRule):
+    def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         reds = [b for b in blocks if is_reduction(sch, b)]
         if len(reds) != 1:
             return None

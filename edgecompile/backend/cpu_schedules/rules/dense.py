@@ -6,20 +6,13 @@ per tile in registers, parallel over j tiles.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
 
-from ..target_info import cpu_info
-from .common import child_blocks, is_reduction, maybe_parallel, split_vector
+from ..target_info import CpuInfo
+from .common import CpuRule, accumulate_locally, is_reduction, maybe_parallel, split_vector
 
 
-class Dense(ScheduleRule):
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        info = cpu_info(target)
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+class Dense(CpuRule):
+    def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         reds = [b for b in blocks if is_reduction(sch, b)]
         if len(reds) != 1:
             return None
@@ -40,14 +33,7 @@ class Dense(ScheduleRule):
         idx = blocks.index(mm)
         for b in blocks[:idx]:
             sch.compute_inline(b)
-        epi = blocks[idx + 1 :]
-        for b in epi[:-1]:
-            sch.compute_inline(b)
-        if epi:
-            last = epi[-1]
-            sch.set_scope(mm, 0, "local")
-        else:
-            last = sch.cache_write(mm, 0, "local")
+        last = accumulate_locally(sch, blocks, mm)
         loops = sch.get_loops(mm)
         j, k = loops[-2], loops[-1]
         n_j = int(ivs[-2].dom.extent)

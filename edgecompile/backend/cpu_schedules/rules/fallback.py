@@ -6,11 +6,9 @@ unscheduled: elementwise, concat, split, transpose/shuffle, reshape copies, redu
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
 
-from ..target_info import cpu_info
-from .common import child_blocks, int_extent, is_reduction, maybe_parallel
+from ..target_info import CpuInfo
+from .common import CpuRule, child_blocks, int_extent, is_reduction, maybe_parallel
 
 
 def _work(sch: s_tir.Schedule, block) -> int:
@@ -20,13 +18,8 @@ def _work(sch: s_tir.Schedule, block) -> int:
     return work
 
 
-class Fallback(ScheduleRule):
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        info = cpu_info(target)
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+class Fallback(CpuRule):
+    def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         # Inline every injective block that can be inlined; what stays is what must be written.
         for b in blocks:
             if is_reduction(sch, b):

@@ -6,13 +6,11 @@ contiguous weight loads and mr broadcast inputs feed mr*nf FMAs. The accumulator
 """
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
+from tvm import s_tir
 
 from ..tags import PW_FVEC_TAG
-from ..target_info import cpu_info
-from .common import child_blocks, is_plain_copy, is_reduction, maybe_parallel, split_vector
+from ..target_info import CpuInfo
+from .common import CpuRule, accumulate_locally, is_plain_copy, is_reduction, maybe_parallel, split_vector
 from .conv import _pick_mr, _schedule_pad_stage
 
 # Bytes of one K chunk of a tile's weights that should stay in L1 (most L1D are 32-48 KB).
@@ -34,13 +32,8 @@ def _k_block(k: int, bytes_per_k: int) -> int:
     return max(d for d in range(1, cap + 1) if k % d == 0)
 
 
-class PointwiseFVec(ScheduleRule):
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        info = cpu_info(target)
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+class PointwiseFVec(CpuRule):
+    def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         convs = [b for b in blocks if sch.get(b).name_hint == PW_FVEC_TAG]
         if len(convs) != 1 or len([b for b in blocks if is_reduction(sch, b)]) != 1:
             return None
@@ -57,14 +50,7 @@ class PointwiseFVec(ScheduleRule):
             else:
                 # Padding: its own parallel pass (inlined, every broadcast would carry a bounds test).
                 _schedule_pad_stage(sch, blk, info.lanes, info.cores)
-        epi = blocks[idx + 1 :]
-        for blk in epi[:-1]:
-            sch.compute_inline(blk)
-        if epi:
-            last = epi[-1]
-            sch.set_scope(conv, 0, "local")
-        else:
-            last = sch.cache_write(conv, 0, "local")
+        last = accumulate_locally(sch, blocks, conv)
         # Accumulator as [n, p, f]: one register = b consecutive channels of one position.
         sch.transform_layout(conv, ("write", 0), lambda nn, ff, yy, xx: (nn, yy * w + xx, ff))
         sch.transform_block_layout(last, lambda nn, ff, yy, xx: (nn, yy * w + xx, ff))
