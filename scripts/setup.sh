@@ -25,6 +25,7 @@ APT_PACKAGES=(
   debootstrap             # ... its Debian arm64 rootfs
   debian-archive-keyring  # ... verified against Debian's keys (not preinstalled on Ubuntu)
   fakeroot                # ... built without root when setup runs as a user
+  python3-venv            # `python3 -m venv` with Debian's own Python (the project's .venv/)
 )
 
 step() { printf '\n==> %s\n' "$*"; }
