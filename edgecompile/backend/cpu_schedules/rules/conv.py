@@ -44,6 +44,14 @@ def _coef(expr, var) -> int | None:
     return int(res[0])
 
 
+def _row_tile(row: int, channels: int, info: CpuInfo) -> tuple[int, int, int]:
+    """Register tile of a row-vector convolution: ``nv`` vectors of ``vl`` lanes along a row of
+    ``row`` outputs, times ``mr`` output channels, leaving 4 vector registers spare."""
+    nv, vl = split_vector(row, info.lanes, 4)
+    regs_per_row = nv * ((vl + info.lanes - 1) // info.lanes)
+    return nv, vl, _pick_mr(channels, (info.vregs - regs_per_row - 4) // regs_per_row)
+
+
 class Conv2DNCHW(CpuRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         reds = [b for b in blocks if is_reduction(sch, b)]
@@ -121,9 +129,7 @@ class Conv2DNCHW(CpuRule):
             loops = sch.get_loops(conv)
             n, f, p = loops[:3]
             rloops = loops[3:]
-            nv, vl = split_vector(hw, lanes, 4)
-            regs_per_row = nv * ((vl + lanes - 1) // lanes)
-            mr = _pick_mr(f_ext, (info.vregs - regs_per_row - 4) // regs_per_row)
+            nv, vl, mr = _row_tile(hw, f_ext, info)
             fo, fi = sch.split(f, factors=[None, mr])
             po, pu, pv = sch.split(p, factors=[None, nv, vl])
             sch.reorder(n, po, fo, *rloops, fi, pu, pv)
@@ -135,9 +141,7 @@ class Conv2DNCHW(CpuRule):
             loops = sch.get_loops(conv)
             n, f, y, x = loops[:4]
             rloops = loops[4:]
-            nv, vl = split_vector(w_out, lanes, 4)
-            regs_per_row = nv * ((vl + lanes - 1) // lanes)
-            mr = _pick_mr(f_ext, (info.vregs - regs_per_row - 4) // regs_per_row)
+            nv, vl, mr = _row_tile(w_out, f_ext, info)
             fo, fi = sch.split(f, factors=[None, mr])
             xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
             sch.reorder(n, fo, y, xo, *rloops, fi, xu, xv_)
