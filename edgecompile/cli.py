@@ -37,7 +37,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, output_dir=args.output, input_size=args.input_size,
         weights=args.weights, num_classes=args.num_classes, seed=args.seed,
         native_host=args.native_host, library_format=args.library_format,
-        use_records=not args.no_records,
+        records="none" if args.no_records else args.records,
     ))
     print(artifact.path)
     return 0
@@ -176,9 +176,11 @@ def parser() -> argparse.ArgumentParser:
                    help="so: linked library (default); tar: object files to link on another machine")
     s.add_argument("--native-host", action="store_true",
                    help="GPU presets: host code for this machine, to run the kernels here (e.g. pocl)")
-    s.add_argument("--no-records", action="store_true",
-                   help="ignore the tuning records for this preset and CPU (applied by default "
-                        "when this model was tuned; see `edgecompile tune`)")
+    s.add_argument("--records", choices=["exact", "isa", "none"], default="isa",
+                   help="tuning records to apply where they beat the default schedules: exact: "
+                        "tuned on this CPU; isa (default): also on another CPU of its ISA class "
+                        "(e.g. x86_64-avx512); none: default schedules only (see `edgecompile tune`)")
+    s.add_argument("--no-records", action="store_true", help="the same as --records none")
     s.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("verify", help="run an artifact against its PyTorch model")

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int)
     p.add_argument("--rounds", type=int, default=compare.ROUNDS)
     p.add_argument("--runs-per-round", type=int, default=compare.RUNS_PER_ROUND)
-    p.add_argument("--no-records", action="store_true", help="build without tuning records")
+    p.add_argument("--records", choices=["exact", "isa", "none"], default="isa",
+                   help="tuning records for the builds (default isa; none: default schedules only)")
+    p.add_argument("--no-records", action="store_true", help="the same as --records none")
     p.add_argument("--engines", default="onnxruntime,torch", help="compared with TVM (default: both)")
     p.add_argument("-o", "--output", type=Path, default=Path("build/bench_vs_ort"))
     p.add_argument("--results", type=Path, help="append the JSON lines here too")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list_models() if args.all else (args.models or FLAGSHIPS)
     for name in names:
         a = build(BuildOptions(name, args.target, output_dir=args.output, input_size=args.input_size,
-                               use_records=not args.no_records), quiet=True)
+                               records="none" if args.no_records else args.records), quiet=True)
         tuning = a.manifest.get("tuning") or {}
         r = compare.compare_engines(a, args.engines.split(","), threads=args.threads,
                                     rounds=args.rounds, runs_per_round=args.runs_per_round)
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": a.manifest["target"]["tvm_target"].get("mcpu", ""),
             "schedules": a.manifest["pipeline"].get("schedules", "tvm-default"),
             "threads": r["threads"], "runs_each": r["runs_each"],
-            "tuning_records": tuning.get("records"),
-            "tasks_tuned": f"{tuning.get('tasks_matched', 0)}/{tuning.get('tasks_total', '?')}",
+            "tuning_records": tuning.get("records"), "records_match": tuning.get("match"),
+            "records_measured_on": (tuning.get("measured_on") or {}).get("cpu"),
+            "tasks_tuned": f"{tuning.get('tasks_tuned', 0)}/{tuning.get('tasks_total', '-')}",
             "tvm_ms": e["tvm"]["median_ms"], "ort_ms": e["onnxruntime"]["median_ms"],
             "torch_ms": e["torch"]["median_ms"],
             "tvm_over_ort": e["onnxruntime"]["tvm_ratio"], "tvm_over_torch": e["torch"]["tvm_ratio"],

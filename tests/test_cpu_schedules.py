@@ -129,7 +129,7 @@ def test_rule_matches_onnxruntime(case, width, tmp_path):
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     preset = TargetPreset(name=f"test-{width}", description="", device="cpu",
                           target={"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    lib = compile_onnx(model, "x", shape, preset, tmp_path / "model.so", use_records=False)
+    lib = compile_onnx(model, "x", shape, preset, tmp_path / "model.so", records="none")
     assert lib.schedules == "edgecompile-cpu-rules"
     x = rng.standard_normal(shape).astype(np.float32)
     want = ort.session(model).run(None, {"x": x})[0]

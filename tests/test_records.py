@@ -94,20 +94,20 @@ def test_a_model_never_tuned_skips_the_records_at_no_cost(tmp_path, monkeypatch)
     d.mkdir(parents=True)
     (d / "database_tuning_record.json").write_text("")
     key = {"version": tuning.KEY_VERSION, "preset": "x86", "target": tuning.target_key(get_target("x86")),
-           "layout": "NCHW", "prepack": True, "tuned_threads": 2}
+           "isa": tuning.isa_of(get_target("x86")), "tuned_threads": 2}
     (d / tuning.KEY_FILE).write_text(json.dumps(key))
     (d / tuning.MODELS_FILE).write_text(json.dumps({"0" * 16: {"model": "x", "input_shape": [1]}}))
     monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(tmp_path))
     a = build(BuildOptions("squeezenet1_1", "x86", output_dir=tmp_path / "out", input_size=SIZE),
               quiet=True)
     t = a.manifest["tuning"]
-    assert t["records"] is None and "not tuned" in t["reason"] and t["searched"] == str(d)
+    assert t["records"] is None and "not tuned" in t["reason"] and t["searched"] == [str(d)]
     assert costly == []
 
 
-def test_records_from_before_the_default_schedules_are_not_applied(tmp_path, monkeypatch):
+def test_records_from_before_the_default_schedules_are_not_applied(tmp_path):
     """Version-1 records (tuned against TVM's naive code) are slower than the default
-    schedules: a build skips them and says why."""
+    schedules, and their workloads no longer exist: a build skips them and says why."""
     preset = get_target("x86")
     d = tuning.records_dir(preset, tmp_path)
     d.mkdir(parents=True)
@@ -116,5 +116,42 @@ def test_records_from_before_the_default_schedules_are_not_applied(tmp_path, mon
     (d / tuning.KEY_FILE).write_text(json.dumps(key))
     match = tuning.find_records(preset, tmp_path)
     assert match.directory is None and "version 1" in match.reason and "re-tune" in match.reason
-    (d / tuning.KEY_FILE).write_text(json.dumps(key | {"version": tuning.KEY_VERSION}))
+    (d / tuning.KEY_FILE).write_text(json.dumps(key | {"version": tuning.KEY_VERSION,
+                                                       "isa": tuning.isa_of(preset)}))
     assert tuning.find_records(preset, tmp_path).directory == d
+
+
+def _fake_db(root, name, preset, **key):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "database_tuning_record.json").write_text("")
+    k = {"version": tuning.KEY_VERSION, "preset": preset.name, "target": tuning.target_key(preset),
+         "isa": tuning.isa_of(preset)} | key
+    (d / tuning.KEY_FILE).write_text(json.dumps(k))
+    return d
+
+
+def test_records_are_found_by_cpu_then_by_isa_class(tmp_path):
+    """This CPU's database first; else one of the same ISA class (the kernels are the same on
+    every CPU of a class); never one of another class; --records exact/none narrow it."""
+    preset = get_target("x86")
+    here = tuning.target_key(preset)
+    other_cpu = _fake_db(tmp_path, "x86-othercpu", preset, target=here | {"mcpu": "othercpu"})
+    _fake_db(tmp_path, "x86-elsewhere", preset, target=here | {"mcpu": "elsewhere"}, isa="riscv-v")
+    m = tuning.find_records(preset, tmp_path)
+    assert (m.directory, m.match) == (other_cpu, "isa")
+    assert tuning.find_records(preset, tmp_path, mode="exact").directory is None
+    assert tuning.find_records(preset, tmp_path, mode="none").directory is None
+    exact = _fake_db(tmp_path, tuning.records_dir(preset, tmp_path).name, preset)
+    m = tuning.find_records(preset, tmp_path, mode="exact")
+    assert (m.directory, m.match) == (exact, "exact")
+    assert [d for d, _, _ in tuning.candidate_records(preset, tmp_path)[0]] == [exact, other_cpu]
+    with pytest.raises(Exception, match="--records must be one of"):
+        tuning.find_records(preset, tmp_path, mode="sometimes")
+
+
+def test_a_record_is_used_only_where_it_beat_the_default():
+    assert tuning.record_wins(default_ms=1.0, record_ms=0.5)
+    assert not tuning.record_wins(default_ms=1.0, record_ms=0.97)  # a tie within noise
+    assert not tuning.record_wins(default_ms=None, record_ms=0.1)  # never measured against it
+    assert not tuning.record_wins(default_ms=1.0, record_ms=None)

@@ -1,5 +1,6 @@
-"""MetaSchedule tuning: records really measured, stored per target + CPU, resumed, applied by
-build (and said so in the manifest), and never applied to another CPU.
+"""MetaSchedule tuning: records really measured, against the default schedules they must beat,
+stored per target + CPU, resumed, applied by build where they won (and said so in the
+manifest), on another CPU of the same ISA class too, never on another class.
 
 The tiny run tunes the two heaviest tasks of SqueezeNet 1.1 at 64x64 with a handful of trials
 and no cost model, into a temporary records root (never the repository's tuning/).
@@ -69,39 +70,80 @@ def test_resumed_run_reuses_records(tuned):
     assert 0 < more.trials_run <= TASKS * 2  # only the rest of the larger budget
 
 
-def test_build_applies_records_and_says_so(tuned, tmp_path, monkeypatch):
-    root, _ = tuned
-    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(root))
-    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path, input_size=SIZE, use_records=True),
-              quiet=True)
-    t = a.manifest["tuning"]
+def test_defaults_are_measured_for_every_task(tuned):
+    """What a record must beat: the default schedule of each task, timed by the same runner."""
+    root, r = tuned
     d = tuning.records_dir(get_target("x86"), root)
-    assert t["records"] == str(d)
-    # Exactly the tuned tasks matched, out of every task of the model (the count tuning
-    # extracted and registered in models.json), most of which were left untuned.
     (registered,) = [m for m in tuning.read_models(d).values() if m["model"] == MODEL]
-    assert t["tasks_matched"] == TASKS
+    defaults = tuning.read_defaults(d)
+    assert len(defaults) == registered["tasks"]
+    assert all(0 < v["default_ms"] < 1000 for v in defaults.values())
+    for row in r.tasks:
+        assert row["record_used"] == tuning.record_wins(row["default_ms"], row["best_ms"])
+
+
+def _with_defaults(root, dest, default_ms):
+    """A copy of the tuned records whose defaults.json says every default took ``default_ms``:
+    the real records then win (or lose) every comparison."""
+    here = tuning.records_dir(get_target("x86"), root)
+    shutil.copytree(here, dest / here.name)
+    defaults = tuning.read_defaults(dest / here.name)
+    tuning.write_defaults(dest / here.name, {k: v | {"default_ms": default_ms} for k, v in defaults.items()})
+    return dest / here.name
+
+
+def test_build_applies_records_that_win_and_says_so(tuned, tmp_path, monkeypatch):
+    root, _ = tuned
+    d = _with_defaults(root, tmp_path / "slow-defaults", 1e3)
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path, input_size=SIZE), quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] == str(d) and t["match"] == "exact" and t["mode"] == "isa"
+    key = json.loads((d / tuning.KEY_FILE).read_text())
+    assert t["measured_on"] == {"cpu": key["cpu"], "mcpu": key["target"]["mcpu"],
+                                "isa": key["isa"], "threads": key["tuned_threads"]}
+    # Exactly the tuned tasks were applied, out of every task of the model (the count tuning
+    # extracted and registered in models.json), most of which keep the default schedules.
+    (registered,) = [m for m in tuning.read_models(d).values() if m["model"] == MODEL]
+    assert t["tasks_tuned"] == t["tasks_with_records"] == TASKS
     assert t["tasks_total"] == registered["tasks"] > TASKS
-    r = verify(a.path, samples=2)  # tuned kernels (and pre-packed weights) still agree
+    r = verify(a.path, samples=2)  # tuned kernels beside the default ones still agree
     assert r.ok, (r.onnx, r.tvm)
 
 
-def test_records_for_another_cpu_are_not_applied(tuned, tmp_path, monkeypatch):
+def test_records_slower_than_the_defaults_are_not_applied(tuned, tmp_path, monkeypatch):
     root, _ = tuned
-    here = tuning.records_dir(get_target("x86"), root)
-    # Another CPU's preset looks in its own directory ...
-    assert tuning.records_dir(get_target("x86-avx512"), root) != here
-    # ... and a directory whose key names another CPU is refused even under the right name.
-    other = tmp_path / "other"
-    shutil.copytree(here, other / here.name)
-    key = json.loads((other / here.name / tuning.KEY_FILE).read_text())
-    key["target"]["mcpu"] = "skylake-avx512"
-    (other / here.name / tuning.KEY_FILE).write_text(json.dumps(key))
-    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(other))
-    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "b", input_size=SIZE,
-                           use_records=True), quiet=True)
-    assert a.manifest["tuning"]["records"] is None
-    assert "skylake-avx512" in a.manifest["tuning"]["reason"]
+    d = _with_defaults(root, tmp_path / "fast-defaults", 1e-9)
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path, input_size=SIZE), quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] is None and t["searched"] == [str(d)] and t["tasks_tuned"] == 0
+    assert "beat the default" in t["reason"]
+
+
+def test_records_travel_within_an_isa_class_only(tuned, tmp_path, monkeypatch):
+    """Records tuned on another CPU of this ISA class are used, and the manifest says where they
+    were measured; `--records exact` refuses them; a database of another class is never used."""
+    root, _ = tuned
+    d = _with_defaults(root, tmp_path / "other", 1e3)
+    other = d.with_name("x86-someothercpu")
+    d.rename(other)
+    key = json.loads((other / tuning.KEY_FILE).read_text())
+    key["target"]["mcpu"], key["cpu"] = "someothercpu", "Some Other CPU (someothercpu)"
+    (other / tuning.KEY_FILE).write_text(json.dumps(key))
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(other.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "a", input_size=SIZE), quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] == str(other) and t["match"] == "isa"
+    assert t["measured_on"]["cpu"] == "Some Other CPU (someothercpu)" and t["tasks_tuned"] == TASKS
+    assert verify(a.path, samples=1).ok
+    b = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "b", input_size=SIZE, records="exact"),
+              quiet=True)
+    assert b.manifest["tuning"]["records"] is None and "no records at" in b.manifest["tuning"]["reason"]
+    key["isa"] = "aarch64-neon"
+    (other / tuning.KEY_FILE).write_text(json.dumps(key))
+    c = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "c", input_size=SIZE), quiet=True)
+    assert c.manifest["tuning"]["records"] is None
 
 
 @pytest.mark.slow
@@ -114,14 +156,14 @@ def test_mobilenet_v2_tuning_makes_it_faster(tmp_path):
 def test_reuse_follows_the_records(tuned, tmp_path, monkeypatch):
     """bench/eval/matrix reuse a built artifact only while it was built with the records a build
     would use today: new records for the model make them rebuild it."""
-    root, _ = tuned
+    root = _with_defaults(tuned[0], tmp_path / "slow-defaults", 1e3).parent
     monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(tmp_path / "none"))
     untuned = build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE, quiet=True)
     assert untuned.manifest["tuning"]["records"] is None
     assert build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE).manifest == untuned.manifest
     monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(root))
     tuned_now = build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE, quiet=True)
-    assert tuned_now.manifest["tuning"]["tasks_matched"] >= TASKS
+    assert tuned_now.manifest["tuning"]["tasks_tuned"] >= TASKS
     assert build_or_reuse(MODEL, "x86", tmp_path / "out", input_size=SIZE).manifest == tuned_now.manifest
 
 

@@ -31,10 +31,15 @@ def test_tune_on_the_emulated_pi_then_the_tuned_artifact_verifies(tmp_path, emul
     assert r.directory.name == "rpi4-cortex-a72"
     assert all(t["best_ms"] and t["best_ms"] > 0 for t in r.tasks if t["valid_this_run"])
 
+    # The defaults were timed on the device too; whether two random candidates beat them under
+    # emulation is chance, so they are made to win here: the point is applying them.
+    defaults = tuning.read_defaults(r.directory)
+    assert defaults and all(v["default_ms"] > 0 for v in defaults.values())
+    tuning.write_defaults(r.directory, {k: v | {"default_ms": 1e3} for k, v in defaults.items()})
     monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(tmp_path))
     a = build(BuildOptions(MODEL, "rpi4", output_dir=tmp_path / "out", input_size=SIZE), quiet=True)
     t = a.manifest["tuning"]
-    assert t["records"] == str(r.directory) and t["tasks_matched"] >= 1, t
+    assert t["records"] == str(r.directory) and t["tasks_tuned"] >= 1, t
     v = verify(a.path, samples=2, device=DeviceSpec(rpc=emulated_rpi4.address))
     assert v.ok and v.tvm.top1_agreement == 1.0, (v.onnx, v.tvm)
 

@@ -66,12 +66,13 @@ def schedules(target, pipeline: str = "default") -> str:
     return "edgecompile-cpu-rules" if is_cpu(target) else "tvm-dlight-gpu"
 
 
-def compile_module(mod, target, pipeline: str = "default"):
+def compile_module(mod, target, pipeline: str = "default", fused: bool = False):
     """Relax module -> executable. The "default" pipeline legalises, fuses and schedules every
     kernel: on CPUs with our rules (cpu_schedules: TVM 0.27 has no CPU schedules of its own,
     and a kernel already scheduled, e.g. from tuning records, keeps its schedule), on GPUs with
     dlight's rules (thread binding). On a GPU target where a dlight rule fails, the guarded
-    pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched."""
+    pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched. ``fused``: a
+    CPU module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned)."""
     tvm = load_tvm()
     if pipeline == GUARDED:
         return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
@@ -80,7 +81,7 @@ def compile_module(mod, target, pipeline: str = "default"):
     if pipeline == "default" and is_cpu(target):
         from edgecompile.backend.cpu_schedules import cpu_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fused))
     try:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except AssertionError:
@@ -89,6 +90,14 @@ def compile_module(mod, target, pipeline: str = "default"):
         if pipeline != "default" or "gpu" not in [str(k) for k in target.keys]:
             raise
         return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+
+
+def isa_class(target: dict[str, Any]) -> str:
+    """The CPU target's instruction-set class (x86_64-avx512, aarch64-neon, ...): CPUs of one
+    class get the same kernels from our rules, so they can share tuning records."""
+    from edgecompile.backend.cpu_schedules import isa_class as _isa_class
+
+    return _isa_class(make_target(target))
 
 
 def unscheduled_cpu_kernels(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...],

@@ -59,3 +59,18 @@ def host_cpu() -> str:
     """LLVM's name for this machine's CPU (e.g. 'skylake-avx512')."""
     tvm = load_tvm()
     return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def host_cpu_model() -> str:
+    """This machine's CPU as the OS names it (e.g. 'AMD EPYC 9B45'), for reports: never a key
+    (LLVM's name and the features are what decide the code)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") or line.startswith("Model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

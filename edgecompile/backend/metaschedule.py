@@ -21,14 +21,10 @@ from typing import Any
 import onnx
 
 from edgecompile.backend.core import load_tvm
-from edgecompile.errors import EdgeCompileError
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
-# How a module is prepared for tuning. Stored with the records (key.json): a build must prepare
-# the module exactly the same way for the records' workloads to match.
-LAYOUTS = ("NCHW", "NHWC")
 
 
 def ms_module():
@@ -72,55 +68,35 @@ def _cpu_tensor_intrinsics_only() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The module: ONNX -> fused Relax, weights as parameters (so they can be pre-packed)
+# The module: ONNX -> the fused kernels our CPU pipeline builds
+
+
+# The module tuned is the one the default schedules get: our legalisation (weights re-blocked
+# into the kernels' layouts, at build time), fused. key.json stores this name: records of
+# another preparation have other workloads and would never match.
+LAYOUT = "edgecompile-cpu-1"
 
 
 @dataclass
 class Prepared:
-    mod: Any  # fused Relax IRModule, main(input, *weights)
-    params: list[Any]  # the weights (tvm tensors), in main's parameter order
-    layout: str
-    prepack: bool
+    mod: Any  # fused Relax IRModule, weights bound as constants, no kernel scheduled yet
+    layout: str = LAYOUT
 
 
-def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], target,
-            layout: str = "NCHW", prepack: bool = True) -> Prepared:
-    """ONNX -> Relax -> legalised and fused, with the weights kept as ``main``'s parameters.
-
-    With ``prepack``, the PrimFuncs are told which of their buffers are weights
-    (AttachAttrLayoutFreeBuffers), so MetaSchedule may pick a weight layout for each kernel;
-    ``apply_records`` then transforms the weights once, at build time.
-    """
+def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], target) -> Prepared:
+    """ONNX -> Relax -> our legalisation, fused: exactly the kernels ``build`` schedules with
+    the rules, so a tuned record and the default schedule compete for the same workload."""
     tvm = load_tvm()
-    from tvm import relax
-    from tvm.relax.frontend import detach_params
-    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    if layout not in LAYOUTS:
-        raise EdgeCompileError(f"layout must be one of {', '.join(LAYOUTS)}")
-    try:
-        mod = from_onnx(model, shape_dict={input_name: list(shape)}, keep_params_in_input=True)
-    except Exception as e:
-        raise EdgeCompileError(f"TVM could not import the ONNX graph: {str(e).splitlines()[0]}") from e
-    mod, params = detach_params(mod)
-    t = relax.transform
-    passes = []
-    if layout == "NHWC":
-        passes += [t.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}), t.Normalize()]
-    passes += [
-        t.DecomposeOpsForInference(),
-        t.CanonicalizeBindings(),
-        t.LegalizeOps(),
-        t.AnnotateTIROpPattern(),
-        t.FoldConstant(),
-        t.FuseOps(),
-        t.FuseTIR(),
-    ]
-    if prepack:
-        passes.append(t.AttachAttrLayoutFreeBuffers())
+    from edgecompile.backend.compiler import import_onnx
+    from edgecompile.backend.cpu_schedules import fuse_passes
+
+    mod = import_onnx(model, input_name, shape)
     with tvm.target.Target(target):
-        mod = tvm.transform.Sequential(passes)(mod)
-    return Prepared(mod, list(params.get("main", [])), layout, prepack)
+        mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
+                                       + fuse_passes(target))(mod)
+    return Prepared(mod)
 
 
 @dataclass(frozen=True)
@@ -135,14 +111,10 @@ class Task:
 def extract_tasks(prepared: Prepared, target) -> list[Task]:
     ms = ms_module()
     tvm = load_tvm()
-    extracted = ms.relax_integration.extract_tasks(prepared.mod, target)
-    at_runtime = _runtime_functions(prepared.mod)
     tasks = []
-    for t in extracted:
+    for t in ms.relax_integration.extract_tasks(prepared.mod, target):
         if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
             continue
-        if t.task_name not in at_runtime:
-            continue  # computes on weights only: lifted out of main, run once at build time
         wl = t.dispatched[0]
         try:
             flop = float(tvm.s_tir.analysis.estimate_tir_flops(wl))
@@ -150,22 +122,6 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
             flop = 0.0
         tasks.append(Task(t.task_name, int(t.weight), flop, t, wl))
     return tasks
-
-
-def _runtime_functions(mod) -> set[str]:
-    """Names of the PrimFuncs main still calls once weight-only computation is lifted out."""
-    tvm = load_tvm()
-    from tvm import relax
-
-    lifted = relax.transform.LiftTransformParams()(mod)
-    names: set[str] = set()
-
-    def visit(e):
-        if isinstance(e, tvm.ir.GlobalVar):
-            names.add(e.name_hint)
-
-    relax.analysis.post_order_visit(lifted["main"], visit)
-    return names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,81 +271,74 @@ def quiet_logging() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The default schedule: what a record has to beat
+
+
+def measure_defaults(tasks: list[Task], target, builder, runner) -> list[float | None]:
+    """Each task as our rules schedule it, built and timed by the same builder and runner
+    (and so on the same device, with the same threads) as the tuning candidates: seconds per
+    call, None where it failed to build or run."""
+    ms = ms_module()
+    from edgecompile.backend.cpu_schedules import schedule_one
+
+    funcs = [_main_func(t.workload) for t in tasks]
+    built = builder.build([ms.builder.BuilderInput(schedule_one(f, target), target) for f in funcs])
+    ok = [i for i, b in enumerate(built) if b.error_msg is None]
+    device = "cpu" if target.kind.name == "llvm" else target.kind.name  # a device, not a target
+    inputs = [ms.runner.RunnerInput(built[i].artifact_path, device,
+                                    ms.arg_info.ArgInfo.from_prim_func(funcs[i])) for i in ok]
+    secs: list[float | None] = [None] * len(tasks)
+    for i, future in zip(ok, runner.run(inputs), strict=True):
+        r = future.result()
+        secs[i] = _mean_secs(r.run_secs) if r.error_msg is None else None
+    return secs
+
+
+def _main_func(workload):
+    (func,) = [f for f in workload.functions.values()]
+    return func
+
+
+# ---------------------------------------------------------------------------------------------
 # Applying records at build time
 
 
 @dataclass
 class Applied:
-    mod: Any  # Relax module ready for tvm.compile (weights bound as constants, pre-packed)
-    matched: int
+    mod: Any  # the prepared module, the chosen tasks scheduled from their records
+    applied: list[str]  # tasks whose record was used
+    with_records: int  # tasks that have a record at all
     total: int
 
 
-def apply_records(prepared: Prepared, target, directory: Path) -> Applied:
-    """Schedule every task that has a record; the others keep the default (untuned) code.
-    With pre-packing, the weights' layout transforms are split out of the kernels, run once
-    here, and the transformed weights bound into ``main`` as constants: the artifact keeps its
-    one-input interface."""
-    ms_module()
+def apply_records(prepared: Prepared, target, directory: Path,
+                  use: Callable[[Task, str, float], bool]) -> Applied:
+    """Schedule a task from its best record where ``use(task, workload_hash, record_seconds)``
+    says so (the
+    record measured faster than the default schedule); every other kernel is left for the
+    rules. Only the chosen records go into the database the module is scheduled from."""
+    ms = ms_module()
     tvm = load_tvm()
     from tvm import relax
 
     database = open_database(directory)
     tasks = extract_tasks(prepared, target)
-    matched = [t.name for t in tasks if database.has_workload(t.workload)
-               and database.query_tuning_record(t.workload, target, t.name) is not None]
-    t = relax.transform
-    with tvm.target.Target(target), database:
-        mod = t.MetaScheduleApplyDatabase(enable_warning=False)(prepared.mod)
-    if prepared.prepack:
-        mod = tvm.transform.Sequential([t.SplitLayoutRewritePreproc(), t.LiftTransformParams()])(mod)
-        mod = _bind_transformed_params(mod, prepared.params)
-    else:
-        mod = _bind_params(mod, prepared.params)
-    mod = tvm.transform.Sequential([t.FoldConstant(), t.DeadCodeElimination(["main"])])(mod)
-    return Applied(mod, len(matched), len(tasks))
-
-
-def _bind_params(mod, params):
-    from tvm import relax
-
-    main = mod["main"]
-    n_in = int(main.attrs["num_input"])
-    binding = dict(zip(main.params[n_in:], params, strict=True))
-    mod = relax.transform.BindParams("main", binding)(mod)
-    return _drop_num_input(mod)
-
-
-def _drop_num_input(mod):
-    main = mod["main"]
-    if main.attrs is not None and "num_input" in main.attrs:
-        mod["main"] = main.without_attr("num_input")
-    return mod
-
-
-def _bind_transformed_params(mod, params):
-    """Run ``main_transform_params`` here (CPU, on this host) and bind its outputs into main."""
-    tvm = load_tvm()
-    from tvm import relax
-
-    name = "main_transform_params"
-    if name not in [gv.name_hint for gv in mod.get_global_vars()]:
-        return _bind_params(mod, params)
-    tp_mod = relax.transform.DeadCodeElimination([name])(mod)
-    tp_mod = tvm.IRModule({gv: f for gv, f in tp_mod.functions.items()})
-    exe = tvm.compile(tp_mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(exe, tvm.cpu())
-    cpu_params = [tvm.runtime.tensor(p.numpy(), tvm.cpu()) for p in params]
-    n_args = len(mod[name].params)
-    out = vm[name](cpu_params) if n_args == 1 else vm[name](*cpu_params)
-    packed = [out[i] for i in range(len(out))]
-    main = mod["main"]
-    n_in = int(main.attrs["num_input"])
-    weights = main.params[n_in:]
-    if len(weights) != len(packed):
-        raise EdgeCompileError(f"transform_params gave {len(packed)} tensors for {len(weights)} weights")
-    binding = {v: tvm.runtime.tensor(p.numpy()) for v, p in zip(weights, packed, strict=True)}
-    mod = relax.transform.BindParams("main", binding)(mod)
-    mod = relax.transform.DeadCodeElimination(["main"])(mod)
-    return _drop_num_input(mod)
-
+    chosen = ms.database.MemoryDatabase()
+    applied, with_records = [], 0
+    for t in tasks:
+        if not database.has_workload(t.workload):
+            continue
+        wl = database.commit_workload(t.workload)
+        best = database.get_top_k(wl, 1)
+        secs = _mean_secs(best[0].run_secs) if best else None
+        if secs is None:
+            continue
+        with_records += 1
+        if use(t, str(wl.as_json()[0]), secs):
+            r = best[0]
+            chosen.commit_tuning_record(ms.database.TuningRecord(
+                r.trace, chosen.commit_workload(t.workload), r.run_secs, r.target, r.args_info))
+            applied.append(t.name)
+    with tvm.target.Target(target), chosen:
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared.mod)
+    return Applied(mod, applied, with_records, len(tasks))

@@ -95,10 +95,12 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
         onnx.save(g.folded, tmp / art.ONNX_FILE)
         with progress.stage("compile", f"TVM {core.version()} for {preset.target['kind']}"):
             lib = compile_onnx(g.folded, INPUT_NAME, spec.input_shape, preset, tmp / library,
-                               use_records=opts.use_records)
+                               records=opts.records)
         if lib.tuning.get("records"):
-            progress.note(f"tuning records {lib.tuning['records']}: "
-                          f"{lib.tuning['tasks_matched']}/{lib.tuning['tasks_total']} tasks tuned")
+            t = lib.tuning
+            progress.note(f"tuning records {t['records']} ({t['match']} match, measured on "
+                          f"{t['measured_on']['cpu']}): {t['tasks_tuned']}/{t['tasks_total']} "
+                          "kernels tuned, the rest default schedules")
         if lib.kernels:
             progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
         manifest = _manifest(g, preset, lib, opts, progress.timings)

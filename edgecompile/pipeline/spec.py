@@ -34,9 +34,10 @@ class BuildOptions:
     # preset's GPU kernels run here (e.g. on pocl) for testing.
     native_host: bool = False
     library_format: str = "so"  # "so": linked library; "tar": objects, linked elsewhere
-    # Apply the tuning records for this preset + CPU (tuning/<preset>-<cpu>/) when this model
-    # graph was tuned into them; a lookup of the graph's fingerprint, free when it was not.
-    use_records: bool = True
+    # Tuning records to look for (tune.records.RECORD_MODES): "exact" this preset on this CPU,
+    # "isa" also other CPUs of its ISA class, "none". A lookup of the graph's fingerprint, free
+    # when the model was never tuned.
+    records: str = "isa"
 
 
 @dataclass(frozen=True)

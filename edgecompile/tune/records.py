@@ -1,11 +1,18 @@
 """The tuning records store: MetaSchedule databases per target preset and CPU, and which apply to a build.
 
 Records live in the repository, one MetaSchedule JSON database per target preset *and* CPU:
-``tuning/<preset>-<mcpu>/`` (e.g. ``tuning/x86-znver3/``), next to a ``key.json`` naming the
-resolved target the records were measured on. The ``x86`` preset resolves ``mcpu = "native"``
-to this host's CPU, so records tuned on a Zen 3 land in ``x86-znver3`` and a Skylake-AVX512 host
-building with ``x86`` looks in ``x86-skylake-avx512`` -- and even a directory of the right name
-is only used when its key matches the target exactly.
+``tuning/<preset>-<mcpu>/`` (e.g. ``tuning/x86-znver5/``), next to a ``key.json`` naming the
+resolved target they were measured on, its ISA class and the CPU itself. A build looks for them
+by workload (``build --records``):
+
+- ``exact``: this preset on this very CPU (the key's target equals the build's);
+- ``isa`` (default): else any database of the same ISA class (x86_64-avx512, x86_64-avx2,
+  aarch64-neon, ...). Our legalisation depends on the vector width alone, so every CPU of a
+  class has the very same kernels, and a schedule tuned on one is valid on all of them;
+- ``none``: the default schedules only.
+
+A record replaces the default schedule of its kernel only where it measured faster than that
+default, on the same device with the same threads (``defaults.json``, written by ``tune``).
 
 One database holds every model tuned for that target: tasks are keyed by their structure, so a
 layer shape shared by two models is tuned once. Every measured candidate is appended as it is
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +35,24 @@ from edgecompile.errors import UsageError
 from edgecompile.targets import TargetPreset
 
 KEY_FILE = "key.json"
+# Workload hash -> {"task", "default_ms"}: the default schedule's latency, measured by tune.
+DEFAULTS_FILE = "defaults.json"
+# A record is used where its latency is below this share of the default's: timings of one
+# kernel vary by a few percent run to run, and a record that only ties is not worth the risk
+# of a schedule that was measured once.
+RECORD_MARGIN = 0.95
+RECORD_MODES = ("exact", "isa", "none")
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
 # Graph fingerprint -> the model tuned into this database. A build looks its graph up here
 # first: a dictionary lookup instead of a task extraction (5-10 s) for the many models that
 # were never tuned, which is what lets `build` apply records by default.
 MODELS_FILE = "models.json"
 KEEP_PER_TASK = 8  # best records kept per task when compacting (the rest only cost repo space)
-# 2: tuned since the default CPU schedules (backend/cpu_schedules). Version-1 records were
-# tuned against TVM's untouched, naive code; builds with them ran at 1.9-2.4x ONNX Runtime on
-# the Zen 3 they were tuned on (2.3-3.9x on a Zen 5), the default schedules alone at 0.8-1.5x
-# (Zen 5), so a build no longer applies them.
-KEY_VERSION = 2
-# How modules are prepared for tuning (must be the same at build time). Pre-packing lets
-# MetaSchedule choose each kernel's weight layout; the weights are transformed once at build.
-DEFAULT_LAYOUT = "NCHW"
-DEFAULT_PREPACK = True
+# 3: tuned on the kernels of our own legalisation (backend.metaschedule.prepare), against the
+# default schedules. Version-1 records were tuned against TVM's untouched, naive code in plain
+# NCHW; builds with them ran at 1.9-2.4x ONNX Runtime on the Zen 3 they were tuned on, the
+# default schedules alone at 0.8-1.9x (Zen 5), and their workloads no longer exist.
+KEY_VERSION = 3
 
 
 def shipped_root() -> Path:
@@ -80,6 +90,10 @@ def records_dir(preset: TargetPreset, root: Path | None = None) -> Path:
     return Path(root or tuning_root()) / f"{preset.name}-{cpu}"
 
 
+def isa_of(preset: TargetPreset) -> str:
+    return compiler.isa_class(preset.target)
+
+
 def read_key(directory: Path) -> dict[str, Any] | None:
     f = directory / KEY_FILE
     if not f.is_file():
@@ -90,19 +104,26 @@ def read_key(directory: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_key(directory: Path, preset: TargetPreset, layout: str, prepack: bool, threads: int) -> None:
+def write_key(directory: Path, preset: TargetPreset, layout: str, threads: int, cpu_name: str) -> None:
+    """key.json: what the records are for (target, ISA class) and where they were measured."""
     data = {
         "version": KEY_VERSION, "preset": preset.name, "target": target_key(preset),
-        "layout": layout, "prepack": prepack, "tuned_threads": threads,
+        "isa": isa_of(preset), "cpu": cpu_name, "layout": layout, "tuned_threads": threads,
         "tvm": core.version(),
     }
     old = read_key(directory)
     if old is not None and (old.get("target") != data["target"] or old.get("layout") != layout
-                            or old.get("prepack") != prepack or old.get("version") != KEY_VERSION):
-        raise UsageError(f"{directory} holds version-{old.get('version')} records for {old.get('target')} "
-                         f"(layout {old.get('layout')}, prepack {old.get('prepack')}); not mixing "
+                            or old.get("version") != KEY_VERSION):
+        raise UsageError(f"{directory} holds version-{old.get('version')} records for "
+                         f"{old.get('target')} (layout {old.get('layout')}); not mixing "
                          "(--records-dir elsewhere, or remove them)")
-    (directory / KEY_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    _write_json(directory / KEY_FILE, data)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 @dataclass
@@ -110,21 +131,56 @@ class RecordMatch:
     directory: Path | None
     reason: str  # why records are (not) used
     key: dict[str, Any] | None = None
-    searched: Path | None = None  # a database for this CPU that does not hold this model
+    match: str | None = None  # "exact" (this CPU) or "isa" (another CPU of its ISA class)
+    searched: list[Path] = field(default_factory=list)  # databases that do not hold this model
 
 
-def find_records(preset: TargetPreset, root: Path | None = None) -> RecordMatch:
-    """The database for this preset on this CPU, if there is one whose key matches."""
-    d = records_dir(preset, root)
+def _usable(d: Path) -> tuple[dict[str, Any] | None, str]:
     key = read_key(d)
     if key is None or not (d / "database_tuning_record.json").is_file():
-        return RecordMatch(None, f"no records at {d}")
+        return None, f"no records at {d}"
     if key.get("version") != KEY_VERSION:
-        return RecordMatch(None, f"records at {d} are version {key.get('version')}, tuned before the "
-                                 "default schedules and slower than them; re-tune to use records here")
-    if key.get("target") != target_key(preset):
-        return RecordMatch(None, f"records at {d} are for {key.get('target')}, not {target_key(preset)}")
-    return RecordMatch(d, "key matches", key)
+        return None, (f"records at {d} are version {key.get('version')}, tuned before the default "
+                      "schedules' kernels and slower than them; re-tune to use records here")
+    return key, "ok"
+
+
+def candidate_records(preset: TargetPreset, root: Path | None = None,
+                      mode: str = "isa") -> tuple[list[tuple[Path, dict[str, Any], str]], str]:
+    """The databases a build may use, best first: this preset on this CPU, then (mode "isa")
+    the same preset on other CPUs of its ISA class, then other presets of that class. Also
+    why the first choice is not among them, when it is not."""
+    if mode not in RECORD_MODES:
+        raise UsageError(f"--records must be one of {', '.join(RECORD_MODES)}, not '{mode}'")
+    if mode == "none":
+        return [], "not requested (--records none)"
+    exact_dir = records_dir(preset, root)
+    key, why = _usable(exact_dir)
+    found = []
+    if key is not None and key.get("target") == target_key(preset):
+        found.append((exact_dir, key, "exact"))
+    elif key is not None:
+        why = f"records at {exact_dir} are for {key.get('target')}, not {target_key(preset)}"
+    if mode == "exact":
+        return found, why
+    isa = isa_of(preset)
+    base = Path(root or tuning_root())
+    others = []
+    for d in sorted(p for p in base.glob("*/") if p != exact_dir) if base.is_dir() else []:
+        k, _ = _usable(d)
+        if k is not None and k.get("isa") == isa and k.get("target", {}).get("device") == preset.device:
+            others.append((k.get("preset") != preset.name, d.name, d, k))
+    found += [(d, k, "isa") for _, _, d, k in sorted(others, key=lambda o: o[:2])]
+    return found, why if not found else "ok"
+
+
+def find_records(preset: TargetPreset, root: Path | None = None, mode: str = "isa") -> RecordMatch:
+    """The first database for this preset's CPU (or, with mode "isa", its ISA class)."""
+    found, why = candidate_records(preset, root, mode)
+    if not found:
+        return RecordMatch(None, why)
+    d, key, how = found[0]
+    return RecordMatch(d, "key matches", key, how)
 
 
 def graph_fingerprint(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> str:
@@ -153,9 +209,23 @@ def read_models(directory: Path) -> dict[str, dict[str, Any]]:
 def register_model(directory: Path, fingerprint: str, name: str, shape, tasks: int) -> None:
     models = read_models(directory)
     models[fingerprint] = {"model": name, "input_shape": list(shape), "tasks": tasks}
-    tmp = directory / (MODELS_FILE + ".tmp")
-    tmp.write_text(json.dumps(models, indent=1, sort_keys=True) + "\n")
-    tmp.replace(directory / MODELS_FILE)
+    _write_json(directory / MODELS_FILE, models)
+
+
+def read_defaults(directory: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads((directory / DEFAULTS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_defaults(directory: Path, defaults: dict[str, dict[str, Any]]) -> None:
+    _write_json(directory / DEFAULTS_FILE, defaults)
+
+
+def record_wins(default_ms: float | None, record_ms: float | None) -> bool:
+    """Whether a tuned record replaces the default schedule (never without both timings)."""
+    return default_ms is not None and record_ms is not None and record_ms < RECORD_MARGIN * default_ms
 
 
 def tuning_target(preset: TargetPreset, threads: int):
@@ -214,64 +284,83 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
 
 
 def records_for_model(model: onnx.ModelProto, input_shape: tuple[int, ...], preset: TargetPreset,
-                      root: Path | None = None) -> RecordMatch:
-    """The records a build of this graph uses: this preset + CPU's database, when the graph was
-    tuned into it. No TVM: a fingerprint looked up in models.json."""
+                      root: Path | None = None, mode: str = "isa") -> RecordMatch:
+    """The records a build of this graph uses: the first database (see ``candidate_records``)
+    this graph was tuned into. No TVM: a fingerprint looked up in each models.json."""
     if preset.device != "cpu" or preset.target.get("kind") != "llvm":
         return RecordMatch(None, "tuning applies to CPU presets only")
-    match = find_records(preset, root)
-    if match.directory is None:
-        return match
-    if graph_fingerprint(model, input_shape) not in read_models(match.directory):
-        return RecordMatch(None, "this model graph (at this input size) was not tuned for this CPU",
-                           searched=match.directory)
-    return match
+    found, why = candidate_records(preset, root, mode)
+    if not found:
+        return RecordMatch(None, why)
+    fp = graph_fingerprint(model, input_shape)
+    for d, key, how in found:
+        if fp in read_models(d):
+            return RecordMatch(d, "key matches", key, how)
+    return RecordMatch(None, f"this model graph (at this input size) was not tuned for this CPU"
+                             f"{' or its ISA class' if mode == 'isa' else ''}",
+                       searched=[d for d, _, _ in found])
 
 
 def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...],
-                         preset: TargetPreset, target, root: Path | None = None):
-    """(Relax module to compile, manifest "tuning" section), or (None, section) when no records
-    apply and the build should take its ordinary path."""
-    match = records_for_model(model, input_shape, preset, root)
+                         preset: TargetPreset, target, mode: str = "isa", root: Path | None = None):
+    """(module to compile, manifest "tuning" section): the prepared module with the records
+    that beat the default schedules applied, or (None, section) when none apply and the build
+    takes its ordinary path."""
+    match = records_for_model(model, input_shape, preset, root, mode)
+    section: dict[str, Any] = {"mode": mode}
     if match.directory is None:
-        section = {"records": None, "reason": match.reason}
-        if match.searched is not None:
-            section["searched"] = _display_path(match.searched)
+        section |= {"records": None, "reason": match.reason}
+        if match.searched:
+            section["searched"] = [_display_path(d) for d in match.searched]
         return None, section
     from edgecompile.backend import metaschedule as tt
 
     key = match.key or {}
-    ttarget = tuning_target(preset, int(key.get("tuned_threads") or os.cpu_count() or 1))
-    prepared = tt.prepare(model, input_name, input_shape, ttarget,
-                          layout=key.get("layout", DEFAULT_LAYOUT), prepack=bool(key.get("prepack")))
-    applied = tt.apply_records(prepared, ttarget, match.directory)
-    section = {
-        "records": _display_path(match.directory),
+    defaults = read_defaults(match.directory)
+
+    def use(_task, workload: str, record_s: float) -> bool:
+        default = defaults.get(workload, {}).get("default_ms")
+        return record_wins(default, record_s * 1e3)
+
+    prepared = tt.prepare(model, input_name, input_shape, target)
+    applied = tt.apply_records(prepared, target, match.directory, use)
+    section |= {
+        "records": _display_path(match.directory), "match": match.match,
+        "measured_on": {"cpu": key.get("cpu"), "mcpu": key.get("target", {}).get("mcpu"),
+                        "isa": key.get("isa"), "threads": key.get("tuned_threads")},
         "database_sha256": database_digest(match.directory),
-        "key": key.get("target"), "layout": prepared.layout, "prepack": prepared.prepack,
-        "tasks_matched": applied.matched, "tasks_total": applied.total,
+        "tasks_total": applied.total, "tasks_with_records": applied.with_records,
+        "tasks_tuned": len(applied.applied),
     }
-    if applied.matched == 0:
-        section["reason"] = "no task of this model has records"
-        return None, section | {"records": None, "searched": _display_path(match.directory)}
+    if not applied.applied:
+        section |= {"records": None, "searched": [section["records"]],
+                    "reason": "no record of this model beat the default schedule it would replace"}
+        return None, section
     return applied.mod, section
 
 
 def database_digest(directory: Path) -> str:
+    """One hash of what decides a records build: the records and the defaults they beat."""
+    import hashlib
+
     from edgecompile.backend.metaschedule import RECORD_FILE
     from edgecompile.paths import file_sha256
 
-    return file_sha256(directory / RECORD_FILE)
+    parts = [file_sha256(directory / f) if (directory / f).is_file() else "-"
+             for f in (RECORD_FILE, DEFAULTS_FILE)]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()
 
 
 def records_unchanged(tuning_section: dict[str, Any], model: onnx.ModelProto,
                       input_shape: tuple[int, ...], preset: TargetPreset) -> bool:
     """Would a build today use the same records an artifact was built with? (No TVM: the
-    artifact's final graph is fingerprinted and looked up, the database hashed.)"""
-    match = records_for_model(model, input_shape, preset)
-    if match.directory is None:
-        return tuning_section.get("records") is None
-    return (tuning_section.get("records") == _display_path(match.directory)
+    artifact's final graph is fingerprinted and looked up, the databases hashed.)"""
+    match = records_for_model(model, input_shape, preset, mode=tuning_section.get("mode", "isa"))
+    if match.directory is None:  # none found now: unchanged if none was looked into then
+        return tuning_section.get("records") is None and "tasks_total" not in tuning_section
+    # Found now: the same database (used then, or looked into with no record winning), unchanged.
+    then = tuning_section.get("records") or (tuning_section.get("searched") or [None])[0]
+    return (then == _display_path(match.directory)
             and tuning_section.get("database_sha256") == database_digest(match.directory))
 
 

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.backend import compiler, rpc_client
+from edgecompile.backend import compiler, core, rpc_client
 from edgecompile.devices import tracker
 from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
 from edgecompile.errors import UsageError
 from edgecompile.tune.records import (
-    DEFAULT_LAYOUT,
-    DEFAULT_PREPACK,
     compact_records,
     graph_fingerprint,
+    read_defaults,
+    record_wins,
     records_dir,
     register_model,
     target_key,
     trials_done,
     tuning_target,
+    write_defaults,
     write_key,
 )
 
@@ -45,11 +46,9 @@ class TuneOptions:
     trials_per_iter: int = 64
     builder_workers: int | None = None
     root: Path | None = None  # records root (default: tuning_root())
-    layout: str = DEFAULT_LAYOUT
-    prepack: bool = DEFAULT_PREPACK
     seed: int | None = None
     cost_model: str = "xgb"  # "random": no model training (tiny runs, tests)
-    max_tasks: int | None = None  # tune only the N costliest tasks (untuned first, then by latency)
+    max_tasks: int | None = None  # tune only the N tasks costing the model the most time
     only: tuple[str, ...] | None = None  # tune only the tasks of these names
     compact: bool = True  # keep only the best records per task at the end (repo size)
     search: str = "evolutionary"  # or "replay-trace" (random schedules; tiny runs, tests)
@@ -64,13 +63,15 @@ class TuneResult:
     trials_run: int
     valid: int
     seconds: float
-    estimate_ms: float | None  # sum over tasks of weight x best latency
+    estimate_ms: float | None  # sum over tasks of weight x latency (the record where it wins)
+    default_ms: float | None = None  # the same sum with the default schedules alone
     untuned: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"directory": str(self.directory), "model": self.model, "tasks": self.tasks,
                 "trials_run": self.trials_run, "valid": self.valid, "seconds": round(self.seconds, 1),
-                "estimate_ms": self.estimate_ms, "untuned": self.untuned}
+                "estimate_ms": self.estimate_ms, "default_ms": self.default_ms,
+                "untuned": self.untuned}
 
 
 class _Printer:
@@ -115,14 +116,18 @@ def _estimate_ms(states, previous: dict[str, float | None]) -> float | None:
     return total * 1e3
 
 
-def _costliest(tasks, database, target, n: int):
-    """The ``n`` tasks that cost the model the most time: untuned ones first (by FLOPs x calls),
-    then tuned ones by best latency x calls -- where more trials can buy the most."""
+def _costliest(tasks, database, target, defaults: dict[str, float | None], n: int):
+    """The ``n`` tasks that cost the model the most time as it would be built today (the
+    default schedule, or the record where it wins, x calls): where more trials can buy the most."""
     from edgecompile.backend import metaschedule as tt
 
     def cost(t):
-        _, best = tt.task_records(database, t, target)
-        return (1, t.flop * t.weight) if best is None else (0, best * t.weight)
+        _, best_s = tt.task_records(database, t, target)
+        now = defaults.get(t.name)  # ms
+        best = None if best_s is None else best_s * 1e3
+        if best is not None and (now is None or record_wins(now, best)):
+            now = best
+        return (now or 0.0) * t.weight
 
     return sorted(tasks, key=cost, reverse=True)[:n]
 
@@ -144,7 +149,6 @@ def _environ(**values: str | None):
 
 def tune(opts: TuneOptions, stream=None) -> TuneResult:
     from edgecompile.backend import metaschedule as tt
-    from edgecompile.backend import ms_measure
     from edgecompile.pipeline.build import final_graph
     from edgecompile.pipeline.spec import BuildOptions
     from edgecompile.pipeline.stages.export import INPUT_NAME
@@ -168,69 +172,111 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     g = final_graph(BuildOptions(opts.model, opts.target, input_size=opts.input_size))
     model, shape, name = g.folded, g.spec.input_shape, g.info.name
     target = tuning_target(preset, threads)
-    prepared = tt.prepare(model, INPUT_NAME, shape, target, layout=opts.layout, prepack=opts.prepack)
+    prepared = tt.prepare(model, INPUT_NAME, shape, target)
     tasks = tt.extract_tasks(prepared, target)
 
     directory = records_dir(preset, opts.root)
     database = tt.open_database(directory)
-    write_key(directory, preset, opts.layout, opts.prepack, threads)
+    measured_on = (f"{core.host_cpu_model()} ({target_key(preset)['mcpu']})" if not remote
+                   else f"RPC device {opts.key or opts.rpc} ({target_key(preset)['mcpu']})")
+    write_key(directory, preset, prepared.layout, threads, measured_on)
     register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
     if opts.only:
         tasks = [t for t in tasks if t.name in opts.only]
-    if opts.max_tasks:
-        tasks = _costliest(tasks, database, target, opts.max_tasks)
 
-    per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
-    before = [tt.task_records(database, t, target) for t in tasks]
-    done = [trials_done(directory, tt.workload_hash(database, t), n) for t, (n, _) in
-            zip(tasks, before, strict=True)]
-    remaining = [max(0, per_task - n) for n in done]
-    done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
-    states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
-    reused = sum(1 for n, _ in before if n > 0)
-    stream.write(f"{name} -> {preset.name} ({target_key(preset)['mcpu']}): {len(tasks)} tasks, "
-                 f"{per_task} trials each; {reused} tasks already have records in {directory}; "
-                 f"{sum(remaining)} trials to run\n")
+    builder, runner = _measurers(opts, preset, remote)
+    # Local candidates run in worker processes whose TVM pool is sized from this variable
+    # (TVM's own x86 default is half the CPUs): measure with the threads the records are for,
+    # key.json's tuned_threads -- and leave the caller's environment as it was.
+    with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
+        defaults = _default_latencies(tasks, database, directory, preset, builder, runner, stream)
+        if opts.max_tasks:
+            tasks = _costliest(tasks, database, target, defaults, opts.max_tasks)
 
-    printer = _Printer(stream, sum(remaining))
-    if sum(remaining):
-        make = ms_measure.make_inprocess_builder if opts.builder == "inprocess" else ms_measure.make_builder
-        builder = make(opts.builder_workers or (os.cpu_count() or 1),
-                       cross_compiler=preset.cross_compiler if remote else None)
-        if remote:
-            workers = 1
-            if opts.tracker:
-                workers = max(1, tracker.key_counts(opts.tracker).get(opts.key, 0))
-            runner = ms_measure.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
-        else:
-            runner = ms_measure.make_local_runner()
-        # Local candidates run in worker processes whose TVM pool is sized from this variable
-        # (TVM's own x86 default is half the CPUs): measure with the threads the records are
-        # for, key.json's tuned_threads -- and leave the caller's environment as it was.
-        with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
+        per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
+        before = [tt.task_records(database, t, target) for t in tasks]
+        done = [trials_done(directory, tt.workload_hash(database, t), n) for t, (n, _) in
+                zip(tasks, before, strict=True)]
+        remaining = [max(0, per_task - n) for n in done]
+        done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
+        states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
+        reused = sum(1 for n, _ in before if n > 0)
+        stream.write(f"{name} -> {preset.name} ({target_key(preset)['mcpu']}): {len(tasks)} tasks, "
+                     f"{per_task} trials each; {reused} tasks already have records in {directory}; "
+                     f"{sum(remaining)} trials to run\n")
+        printer = _Printer(stream, sum(remaining))
+        if sum(remaining):
             tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
                           lambda s, i: printer(s, i, done_before), _log_dir(directory),
                           trials_per_iter=opts.trials_per_iter, seed=opts.seed,
                           cost_model=opts.cost_model, search=opts.search)
 
     database = tt.open_database(directory)  # re-read: everything appended this run
-    rows = []
-    for t, st in zip(tasks, states, strict=True):
-        n, best = tt.task_records(database, t, target)
-        n = trials_done(directory, tt.workload_hash(database, t), n)
-        rows.append({
-            "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
-            "trials_this_run": st.trials, "valid_this_run": st.valid,
-            "best_ms": None if best is None else round(best * 1e3, 4),
-            "total_ms": None if best is None else round(best * 1e3 * t.weight, 4),
-            "gflops": None if not best else round(t.flop / best / 1e9, 2),
-        })
+    rows = [_task_row(t, st, database, directory, target, defaults.get(t.name))
+            for t, st in zip(tasks, states, strict=True)]
     if opts.compact:
         compact_records(directory)
     untuned = [r["task"] for r in rows if r["best_ms"] is None]
-    est = None if untuned else round(sum(r["total_ms"] for r in rows), 3)
+    est = round(sum(r["total_ms"] for r in rows if r["total_ms"] is not None), 3)
+    base = round(sum(r["default_ms"] * r["weight"] for r in rows if r["default_ms"] is not None), 3)
     return TuneResult(directory, name, rows, sum(s.trials for s in states),
-                      sum(s.valid for s in states), time.monotonic() - t0, est, untuned)
+                      sum(s.valid for s in states), time.monotonic() - t0, est, default_ms=base,
+                      untuned=untuned)
+
+
+def _measurers(opts: TuneOptions, preset, remote: bool):
+    """MetaSchedule's builder and runner: candidates built here, timed here or on the device."""
+    from edgecompile.backend import ms_measure
+
+    make = ms_measure.make_inprocess_builder if opts.builder == "inprocess" else ms_measure.make_builder
+    builder = make(opts.builder_workers or (os.cpu_count() or 1),
+                   cross_compiler=preset.cross_compiler if remote else None)
+    if not remote:
+        return builder, ms_measure.make_local_runner()
+    workers = 1
+    if opts.tracker:
+        workers = max(1, tracker.key_counts(opts.tracker).get(opts.key, 0))
+    return builder, ms_measure.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
+
+
+def _default_latencies(tasks, database, directory: Path, preset, builder, runner,
+                       stream) -> dict[str, float | None]:
+    """Task name -> the default schedule's latency (ms) on the tuning device: what a record
+    must beat to be used. Measured once per workload, kept in defaults.json."""
+    from edgecompile.backend import metaschedule as tt
+
+    stored = read_defaults(directory)
+    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
+    missing = [t for t in tasks if hashes[t.name] not in stored]
+    if missing:
+        stream.write(f"timing the default schedules of {len(missing)} tasks\n")
+        # Measured as the build compiles them: with the preset's target, not the tuning one.
+        build_target = compiler.make_target(preset.target, preset.host)
+        for t, secs in zip(missing, tt.measure_defaults(missing, build_target, builder, runner),
+                           strict=True):
+            if secs is not None:
+                stored[hashes[t.name]] = {"task": t.name, "default_ms": round(secs * 1e3, 5)}
+        write_defaults(directory, stored)
+    return {t.name: stored.get(hashes[t.name], {}).get("default_ms") for t in tasks}
+
+
+def _task_row(t, st, database, directory: Path, target, default_ms: float | None) -> dict[str, Any]:
+    from edgecompile.backend import metaschedule as tt
+
+    n, best = tt.task_records(database, t, target)
+    n = trials_done(directory, tt.workload_hash(database, t), n)
+    best_ms = None if best is None else round(best * 1e3, 4)
+    wins = record_wins(default_ms, best_ms)
+    used_ms = best_ms if wins or default_ms is None else default_ms
+    return {
+        "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
+        "trials_this_run": st.trials, "valid_this_run": st.valid,
+        "default_ms": default_ms, "best_ms": best_ms,
+        "speedup": None if not (best_ms and default_ms) else round(default_ms / best_ms, 2),
+        "record_used": wins,
+        "total_ms": None if used_ms is None else round(used_ms * t.weight, 4),
+        "gflops": None if not used_ms else round(t.flop / used_ms / 1e6, 2),
+    }
 
 
 def _reach_device(opts: TuneOptions) -> None:
@@ -249,9 +295,10 @@ def format_tasks(result: TuneResult) -> str:
     total = sum(r["total_ms"] or 0 for r in rows)
     for r in rows:
         r["share"] = f"{100 * (r['total_ms'] or 0) / total:.1f}%" if total else "-"
+    used = sum(1 for r in rows if r["record_used"])
     return (as_table(rows) + f"\n{result.trials_run} trials this run ({result.valid} valid) in "
-            f"{result.seconds:.0f}s; tasks' best latencies x weights sum to "
-            f"{result.estimate_ms if result.estimate_ms is not None else 'n/a (untuned tasks)'} ms; "
-            f"records: {result.directory}")
+            f"{result.seconds:.0f}s; {used} of {len(rows)} tasks use their record (faster than "
+            f"the default schedule); kernel time x calls: {result.default_ms} ms with the default "
+            f"schedules, {result.estimate_ms} ms with the records; records: {result.directory}")
 
 

@@ -25,25 +25,33 @@ def schedule_rules() -> list:
     return [SafeRule(PointwiseFVec()), SafeRule(Conv2DNCHW()), SafeRule(Dense()), SafeRule(Fallback())]
 
 
-def schedule_passes(target: Target) -> list:
-    """Legalise (our conv2d / erf), fuse, then schedule every fused kernel with the rules."""
+def fuse_passes(target: Target) -> list:
+    """Legalise (our conv2d / erf: weights re-blocked here, once) and fuse: the kernels the
+    rules schedule, and the tasks tuning searches (backend.metaschedule.prepare)."""
     return [
         relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        dlight.ApplyDefaultSchedule(*schedule_rules()),
     ]
 
 
-def cpu_pipeline(target: Target):
+def schedule_passes(target: Target, fused: bool = False) -> list:
+    """Fuse (unless the module already is), then schedule every kernel not yet scheduled."""
+    rules = [dlight.ApplyDefaultSchedule(*schedule_rules())]
+    return rules if fused else fuse_passes(target) + rules
+
+
+def cpu_pipeline(target: Target, fused: bool = False):
+    """``fused``: the module comes from ``fuse_passes`` already, some kernels scheduled from
+    tuning records; fusing again could merge a tuned kernel into a new, untuned one."""
     @tvm.transform.module_pass(opt_level=0, name="EdgeCPUPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
-                + schedule_passes(target)
+                + schedule_passes(target, fused)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
             )
@@ -51,6 +59,13 @@ def cpu_pipeline(target: Target):
         return mod
 
     return _pipeline
+
+
+def schedule_one(func: tvm.tirx.PrimFunc, target: Target) -> tvm.ir.IRModule:
+    """One kernel as the rules schedule it (what a tuning record must beat), as {"main": func}."""
+    mod = tvm.IRModule({"main": func})
+    with target:
+        return dlight.ApplyDefaultSchedule(*schedule_rules())(mod)
 
 
 def unscheduled_kernels(mod: tvm.ir.IRModule, target: Target) -> list[str]:

@@ -36,3 +36,16 @@ def cpu_info(target: Target) -> CpuInfo:
     if target_has_features("avx2", target) or target_has_features("avx", target):
         return CpuInfo(lanes=8, vregs=16, cores=cores)
     return CpuInfo(lanes=4, vregs=16, cores=cores)
+
+
+def isa_class(target: Target) -> str:
+    """The instruction-set class whose machines share kernels: the legalisation (vector block,
+    register tile) depends on the vector width alone, so records tuned on one CPU of a class
+    have the very same workloads on every other (x86_64-avx512, x86_64-avx2, aarch64-neon...)."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    info = cpu_info(target)
+    if "aarch64" in triple or bool(target.attrs.get("feature.is_aarch64", False)):
+        return "aarch64-neon"
+    if "arm" in triple:
+        return "arm-neon"
+    return {16: "x86_64-avx512", 8: "x86_64-avx2"}.get(info.lanes, "x86_64-sse")

@@ -30,15 +30,16 @@ def compile_onnx(
     preset: TargetPreset,
     out_path: Path,
     pipeline: str = "default",
-    use_records: bool = True,
+    records: str = "isa",
 ) -> CompiledLibrary:
     target = compiler.make_target(preset.target, preset.host)
-    # Tuning records for this preset on this CPU (see edgecompile.tune.records), if any match.
-    mod, tuning = (compile_with_records(model, input_name, input_shape, preset, target)
-                   if use_records else (None, {"records": None, "reason": "not requested"}))
+    # Tuning records for this preset on this CPU or its ISA class (see edgecompile.tune.records).
+    mod, tuning = (compile_with_records(model, input_name, input_shape, preset, target, records)
+                   if pipeline == "default" else (None, {"records": None, "reason": f"pipeline {pipeline}"}))
+    fused = mod is not None  # the records' module is legalised and fused already
     if mod is None:
         mod = compiler.import_onnx(model, input_name, input_shape)
-    executable = compiler.compile_module(mod, target, pipeline)
+    executable = compiler.compile_module(mod, target, pipeline, fused=fused)
     kernels = compiler.device_kernels(executable, preset.device)
     if kernels and kernels["on_host"]:
         raise EdgeCompileError(
