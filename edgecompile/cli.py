@@ -70,16 +70,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     opts = bench.BenchOptions(warmup=args.warmup, min_time_s=args.min_time, min_runs=args.min_runs,
                               threads=args.threads, affinity=args.affinity,
-                              profile_runs=args.profile_runs if args.profile else 0)
+                              profile_runs=args.profile_runs if args.profile or args.trace else 0)
     record = bench.run_bench(args.model, args.target, _device(args), opts, output_dir=args.output,
-                             input_size=args.input_size, results=args.results,
+                             input_size=args.input_size, results=args.results, trace=args.trace,
                              compare=args.compare.split(",") if args.compare else ())
     if args.format == "json":
         print(json.dumps(record))
         return 0
     print(bench.format_report(record))
     if record["profile"]:
-        print(bench.format_profile(record["profile"]))
+        from edgecompile.measure.profile import format_profile
+
+        print(format_profile(record["profile"]))
     if "compare" in record:
         print(compare.format_table(record["compare"]))
     return 0
@@ -204,8 +206,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", metavar="LIST",
                    help="also time onnxruntime,torch here, interleaved, same threads (local only)")
     s.add_argument("--profile", action="store_true",
-                   help="also time every kernel, and the VM around them (this host only)")
-    s.add_argument("--profile-runs", type=int, default=20, help="inferences --profile times (default 20)")
+                   help="also time every kernel on the device: time and GFLOP/s per operator class")
+    s.add_argument("--profile-runs", type=int, default=5,
+                   help="--profile: repeats per kernel, the median is kept (default 5)")
+    s.add_argument("--trace", type=Path, metavar="FILE.json",
+                   help="write the kernel profile as a Chrome trace (Perfetto, chrome://tracing)")
     s.add_argument("--results", type=Path, help="append the result to this JSONL file")
     s.add_argument("--format", **fmt)
     _add_device_flags(s)

@@ -51,21 +51,33 @@ def test_bench_locally(artifact):
     assert r["gflops"] == pytest.approx(2 * r["macs"] / (lat["median"] / 1e3) / 1e9)
 
 
-@pytest.mark.tvm
-def test_profile_times_every_kernel_call_of_an_inference(artifact):
+def _check_profile(p, artifact, median_ms):
     import onnx
 
-    r = bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, profile_runs=3))
-    p = r["profile"]
-    kernels = [c for c in p["calls"] if c["kind"] == "kernel"]
-    # Every convolution of the graph is one call of a (fused) conv2d kernel, whatever fusion did.
+    kernels = p["kernels"]
+    # Every convolution of the graph is one call of a (fused) conv kernel, whatever fusion did.
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(artifact.onnx)).graph.node)
-    assert convs == 52 and sum(c["calls"] for c in kernels if "conv2d" in c["name"]) == convs
-    assert {c["kind"] for c in p["calls"]} == {"kernel", "vm"} and p["runs"] == 3
-    assert all(c["ms"] > 0 for c in kernels)
-    assert p["kernels_ms"] == pytest.approx(sum(c["ms"] for c in kernels))
-    assert p["outside_kernels_ms"] == pytest.approx(r["latency_ms"]["median"] - p["kernels_ms"])
-    assert [c["ms"] for c in p["calls"]] == sorted((c["ms"] for c in p["calls"]), reverse=True)
+    conv_classes = ("conv", "pointwise", "depthwise", "grouped", "pconv")
+    assert convs == 52 and sum(k["calls"] for k in kernels if k["op_class"] in conv_classes) == convs
+    assert all(k["ms_per_call"] > 0 and k["ms"] == pytest.approx(k["ms_per_call"] * k["calls"])
+               for k in kernels)
+    assert sum(k["calls"] for k in kernels) == len(p["sequence"])
+    assert p["kernels_ms"] == pytest.approx(sum(k["ms"] for k in kernels))
+    assert p["outside_kernels_ms"] == pytest.approx(median_ms - p["kernels_ms"])
+    assert [k["ms"] for k in kernels] == sorted((k["ms"] for k in kernels), reverse=True)
+    by_class = {c["op_class"]: c for c in p["classes"]}
+    assert {"depthwise", "pointwise"} <= set(by_class)
+    for c in p["classes"]:
+        members = [k for k in kernels if k["op_class"] == c["op_class"]]
+        assert c["ms"] == pytest.approx(sum(k["ms"] for k in members))
+        assert c["gflops"] == pytest.approx(sum(k["flops"] for k in members) / (c["ms"] * 1e-3) / 1e9)
+
+
+@pytest.mark.tvm
+def test_profile_times_every_kernel_by_class(artifact):
+    r = bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, profile_runs=3))
+    assert r["profile"]["repeat"] == 3
+    _check_profile(r["profile"], artifact, r["latency_ms"]["median"])
 
 
 @pytest.mark.tvm
@@ -88,8 +100,9 @@ def test_bench_and_eval_over_rpc(artifact, tmp_path, digits_like):
         device = DeviceSpec(rpc=server.address)
         r = bench_artifact(artifact, device, QUICK)
         e = evaluate(artifact, digits_like, device)
-        with pytest.raises(EdgeCompileError, match="this host only"):
-            bench_artifact(artifact, device, BenchOptions(min_time_s=0, min_runs=1, profile_runs=2))
+        # The kernel profile works on a remote device too: each kernel timed there.
+        p = bench_artifact(artifact, device, BenchOptions(min_time_s=0, min_runs=3, profile_runs=2))
+    _check_profile(p["profile"], artifact, p["latency_ms"]["median"])
     assert r["device"] == f"RPC server {server.address}" and r["latency_ms"]["runs"] >= 15
     assert e["images"] == 12 and e["top1_agreement"] == 100.0
 
@@ -99,7 +112,7 @@ def test_bench_cli_json_and_compare(artifact, tmp_path):
     results = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "edgecompile", "bench", str(artifact.path), "--min-time", "0.2",
            "--compare", "onnxruntime,torch", "--format", "json", "--results", str(results),
-           "--profile", "--profile-runs", "2"]
+           "--profile", "--profile-runs", "2", "--trace", str(tmp_path / "trace.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
@@ -108,7 +121,12 @@ def test_bench_cli_json_and_compare(artifact, tmp_path):
     for e in ("onnxruntime", "torch"):
         assert engines[e]["tvm_ratio"] == pytest.approx(engines["tvm"]["median_ms"] / engines[e]["median_ms"])
     assert json.loads(results.read_text().splitlines()[-1]) == record
-    assert record["profile"]["runs"] == 2 and record["profile"]["calls"]
+    assert record["profile"]["repeat"] == 2 and record["profile"]["kernels"]
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert [e["name"] for e in spans] == record["profile"]["sequence"]
+    for a, b in zip(spans[:-1], spans[1:], strict=True):  # one after the other, no gaps
+        assert b["ts"] == pytest.approx(a["ts"] + a["dur"], abs=0.01)
 
 
 @pytest.fixture(scope="module")

@@ -66,30 +66,41 @@ def schedules(target, pipeline: str = "default") -> str:
     return "edgecompile-cpu-rules" if is_cpu(target) else "tvm-dlight-gpu"
 
 
-def compile_module(mod, target, pipeline: str = "default", fused: bool = False):
+def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
+                   kernel_table: dict[str, Any] | None = None):
     """Relax module -> executable. The "default" pipeline legalises, fuses and schedules every
     kernel: on CPUs with our rules (cpu_schedules: TVM 0.27 has no CPU schedules of its own,
     and a kernel already scheduled, e.g. from tuning records, keeps its schedule), on GPUs with
     dlight's rules (thread binding). On a GPU target where a dlight rule fails, the guarded
     pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched. ``fused``: a
-    CPU module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned)."""
+    CPU module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned).
+    ``kernel_table``: a dict filled with the kernels' table (backend.kernels) as they are
+    fused, before scheduling (our pipelines only)."""
     tvm = load_tvm()
+    from edgecompile.backend.kernels import kernel_table as table_of
+
+    def on_fused(fused_mod) -> None:
+        if kernel_table is not None:
+            kernel_table.update(table_of(fused_mod))
+
     if pipeline == GUARDED:
-        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, True, on_fused))
     if pipeline == TVM_DEFAULT:
         return tvm.compile(mod, target=target, relax_pipeline="default")
     if pipeline == "default" and is_cpu(target):
         from edgecompile.backend.cpu_schedules import cpu_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fused))
-    try:
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fused, on_fused))
+    keys = [str(k) for k in target.keys]
+    if pipeline != "default" or "gpu" not in keys or "adreno" in keys:
+        # Adreno: TVM's own Adreno pipeline (texture memory, its dlight rules); no kernel table.
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, False, on_fused))
     except AssertionError:
         # Seen: dlight's GEMV rule asserts on a small classifier kernel (10 classes at 32 px)
         # and takes the whole compile down with it.
-        if pipeline != "default" or "gpu" not in [str(k) for k in target.keys]:
-            raise
-        return tvm.compile(mod, target=target, relax_pipeline=_guarded_gpu_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, True, on_fused))
 
 
 def isa_class(target: dict[str, Any]) -> str:
@@ -108,13 +119,16 @@ def unscheduled_cpu_kernels(model: onnx.ModelProto, input_name: str, shape: tupl
     return unscheduled_kernels(import_onnx(model, input_name, shape), make_target(target))
 
 
-def _guarded_gpu_pipeline(target):
-    """TVM's generic GPU pipeline, except that a dlight rule which raises on a function is
-    skipped for it (the next rule, at worst Fallback, schedules it). A function no rule can
-    schedule stays host code, which device_kernels() then reports."""
+def _gpu_pipeline(target, guarded: bool, on_fused):
+    """TVM's generic GPU pipeline (dlight's rules), with ``on_fused`` shown the fused module.
+    ``guarded``: a dlight rule which raises on a function is skipped for it (the next rule, at
+    worst Fallback, schedules it). A function no rule can schedule stays host code, which
+    device_kernels() then reports."""
     tvm = load_tvm()
     from tvm.relax.backend.gpu_generic import pipeline as gpu
     from tvm.s_tir import dlight as dl
+
+    from edgecompile.backend.cpu_schedules import observer
 
     class Guarded(dl.ScheduleRule):
         def __init__(self, rule):
@@ -128,7 +142,9 @@ def _guarded_gpu_pipeline(target):
 
     rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
              dl.gpu.Fallback()]
-    legalize = gpu.legalize_passes(target)[:-1] + [dl.ApplyDefaultSchedule(*map(Guarded, rules))]
+    if guarded:
+        rules = [Guarded(r) for r in rules]
+    legalize = gpu.legalize_passes(target)[:-1] + [observer(on_fused), dl.ApplyDefaultSchedule(*rules)]
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
@@ -175,6 +191,13 @@ def export_library(executable, path: Path, cross_compiler: str | None = None) ->
         executable.export_library(str(path), fcompile=tvm.support.ndk.create_shared)
     else:
         executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler))
+
+
+def export_kernels(executable, path: Path, cross_compiler: str | None = None) -> None:
+    """The kernels alone (no VM, no weights) as a library of their own, so each can be timed
+    by name on any device (TVM's time evaluator looks a function up in the module it is given,
+    and over RPC there is no reaching the model library's imported kernel module)."""
+    export_library(executable.mod.imports[0], path, cross_compiler)
 
 
 def device_kernels(executable, device: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,31 +47,30 @@ class LoadedModel:
         f = self.vm.time_evaluator("main", self.device, number=1, repeat=runs)
         return [float(t) for t in f(device_input).results]
 
-    def call_times(self, device_input) -> list[tuple[str, float]]:
-        """One inference with every call the VM makes timed: (symbol, seconds), in call order.
+    def time_kernels(self, kernels_lib: Path, kernels: list[dict], repeat: int = 5,
+                     min_repeat_ms: int = 5) -> dict[str, float]:
+        """Seconds per call of each kernel (``kernels``: the artifact's kernel table rows), on
+        this model's device and thread pool, by TVM's evaluator on the device itself: the
+        median of ``repeat`` means, each over enough calls to last ``min_repeat_ms``.
 
-        TVM 0.27's Relax VM has no profiler; its instrument hook runs a Python function before
-        and after each call, so this works for a VM in this process only. A separate VM is
-        instrumented, so the one ``time_runs`` uses is never slowed by the hook.
+        Each kernel runs alone on random inputs (warm caches, no VM between calls), so the sum
+        can differ from an inference by what the VM costs and by cache effects between layers.
         """
+        tvm = self._tvm
         if self.session is not None:
-            raise EdgeCompileError("per-kernel timing runs on this host only: TVM 0.27's VM "
-                                   "cannot be instrumented over RPC (bench the device without it)")
-        vm = self._tvm.relax.VirtualMachine(self.lib, self.device)
-        calls: list[tuple[str, float]] = []
-        started = [0.0]
-
-        def instrument(_func, symbol, before_run, _ret, *_args):
-            now = time.perf_counter()
-            if before_run:
-                started[0] = now
-            else:
-                calls.append((str(symbol), now - started[0]))
-            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
-
-        vm.set_instrument(instrument)
-        vm["main"](device_input)
-        return calls
+            self.session.upload(str(kernels_lib))
+            mod = self.session.load_module(Path(kernels_lib).name)
+        else:
+            mod = tvm.runtime.load_module(str(kernels_lib))
+        rng = np.random.default_rng(0)
+        times = {}
+        for k in kernels:
+            args = [tvm.runtime.tensor(_random_array(rng, a["shape"], a["dtype"]), self.device)
+                    for a in k["args"]]
+            f = mod.time_evaluator(k["name"], self.device, number=1, repeat=repeat,
+                                   min_repeat_ms=min_repeat_ms)
+            times[k["name"]] = float(np.median(f(*args).results))
+        return times
 
     def _global(self, name: str):
         if self.session is not None:
@@ -93,6 +91,12 @@ class LoadedModel:
                 f"asked for {threads} threads, but TVM's thread pool in {where} has {running}: "
                 f"start it with TVM_NUM_THREADS={threads}")
         return running
+
+
+def _random_array(rng, shape, dtype: str) -> np.ndarray:
+    if "float" in dtype:
+        return rng.uniform(-1, 1, shape).astype(dtype)
+    return np.zeros(shape, dtype)  # indices, shapes: zero is always in range
 
 
 def _device(tvm_or_session, device: str):

@@ -22,6 +22,7 @@ from edgecompile.backend import core
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.measure.compare import compare_engines
 from edgecompile.measure.load import load_artifact_model
+from edgecompile.measure.profile import chrome_trace, profile_kernels
 from edgecompile.measure.results import append_jsonl, record_header
 from edgecompile.pipeline import numerics
 from edgecompile.pipeline.artifact import Artifact
@@ -38,7 +39,7 @@ class BenchOptions:
     round_runs: int = 10  # runs per round trip to the device
     threads: int | None = None  # None: the device runtime's default
     affinity: str = "default"
-    profile_runs: int = 0  # > 0: also time every kernel over this many inferences (this host only)
+    profile_runs: int = 0  # > 0: also time every kernel on the device, median of this many repeats
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:
@@ -75,8 +76,6 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
     dev_x = model.put(numerics.parity_inputs(1, shape[1:]))
 
     model.time_runs(dev_x, max(opts.warmup, 1))
-    if opts.profile_runs:
-        model.call_times(dev_x)  # warm the instrumented VM; fails here, not after timing, if remote
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < opts.max_runs and (
@@ -88,7 +87,8 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
 
     stats = latency_stats(samples)
     macs = a.manifest["model"]["macs_counted"]
-    profile = profile_calls(model, dev_x, opts.profile_runs, stats["median"]) if opts.profile_runs else None
+    profile = (profile_kernels(a, model, stats["median"], opts.profile_runs) if opts.profile_runs
+               else None)
     return record_header("bench", a, device.describe(), model.server) | {
         "input_shape": list(shape),
         "threads": threads,
@@ -110,60 +110,25 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
 
 def run_bench(model_or_dir: str, target: str | None, device: DeviceSpec, opts: BenchOptions, *,
               output_dir: Path = Path("build"), input_size: int | None = None,
-              compare: Sequence[str] = (), results: Path | None = None) -> dict[str, Any]:
+              compare: Sequence[str] = (), results: Path | None = None,
+              trace: Path | None = None) -> dict[str, Any]:
     """`edgecompile bench`: the artifact (built first, or reused, when given a model name)
     timed on its device with progress on stderr; ``compare`` adds other engines timed here,
-    interleaved; ``results`` appends the record to a JSON-lines file."""
+    interleaved; ``results`` appends the record to a JSON-lines file; ``trace`` writes the
+    kernel profile as a Chrome trace (Perfetto, chrome://tracing)."""
     artifact = build_or_reuse(model_or_dir, target, output_dir, input_size)
     ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
     record = bench_artifact(artifact, device, opts, progress=ticker.update)
     ticker.done()
     if compare:
         record["compare"] = compare_engines(artifact, list(compare), threads=record["threads"])
+    if trace and record["profile"]:
+        from edgecompile.pipeline.artifact import write_json
+
+        write_json(trace, chrome_trace(record["profile"], f"{record['model']} on {record['device']}"))
     if results:
         append_jsonl(results, record)
     return record
-
-
-VM_PREFIX = "vm.builtin."  # the VM's own calls (allocation, shape checks), not compute kernels
-
-
-def profile_calls(model, device_input, runs: int, latency_median_ms: float) -> dict[str, Any]:
-    """Where one inference's time goes: each function the VM calls, the median over ``runs``
-    inferences of its time per inference. ``outside_kernels_ms`` is the uninstrumented median
-    latency minus the kernels' sum: what the VM itself (dispatch, allocation) costs."""
-    per_run: list[dict[str, float]] = []
-    counts: dict[str, int] = {}
-    for _ in range(runs):
-        totals: dict[str, float] = {}
-        counts = {}
-        for name, secs in model.call_times(device_input):
-            totals[name] = totals.get(name, 0.0) + secs * 1e3
-            counts[name] = counts.get(name, 0) + 1
-        per_run.append(totals)
-    rows = [{"name": name, "kind": "vm" if name.startswith(VM_PREFIX) else "kernel",
-             "calls": counts[name], "ms": float(np.median([t[name] for t in per_run]))}
-            for name in per_run[0]]
-    rows.sort(key=lambda r: -r["ms"])
-    for r in rows:
-        r["share"] = r["ms"] / latency_median_ms
-    kernels = sum(r["ms"] for r in rows if r["kind"] == "kernel")
-    return {"runs": runs, "kernels_ms": kernels, "outside_kernels_ms": latency_median_ms - kernels,
-            "calls": rows}
-
-
-def format_profile(p: dict[str, Any], top: int = 25) -> str:
-    from edgecompile.listing import as_table
-
-    rows = [{"function": r["name"], "kind": r["kind"], "calls": r["calls"], "ms": f"{r['ms']:.3f}",
-             "% of latency": f"{100 * r['share']:.1f}"} for r in p["calls"][:top]]
-    more = len(p["calls"]) - top
-    tail = [f"... {more} more functions (all of them in --format json)"] if more > 0 else []
-    return "\n".join([
-        as_table(rows), *tail,
-        f"kernels: {p['kernels_ms']:.3f} ms; outside the kernels (VM dispatch, allocation): "
-        f"{p['outside_kernels_ms']:.3f} ms (median of {p['runs']} instrumented inferences)",
-    ])
 
 
 def format_report(r: dict[str, Any]) -> str:

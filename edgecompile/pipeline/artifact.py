@@ -28,6 +28,7 @@ from edgecompile.paths import file_sha256
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 ONNX_FILE = "model.onnx"
+KERNELS_FILE = "kernels.json"  # each kernel's operator class, FLOPs, bytes, arguments
 SCHEMA_VERSION = 1
 
 
@@ -43,6 +44,22 @@ class Artifact:
     @property
     def onnx(self) -> Path:
         return self.path / ONNX_FILE
+
+    @property
+    def kernels_library(self) -> Path:
+        """The kernels alone, timed one by one by ``bench --profile`` (built with the table)."""
+        return self.path / f"kernels{self.library.suffix}"
+
+    def kernel_table(self) -> dict[str, Any] | None:
+        """The kernels' table (backend.kernels), or None: built before it existed, or by a
+        pipeline that does not write one."""
+        f = self.path / KERNELS_FILE
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EdgeCompileError(f"{f}: unreadable kernel table ({e})") from None
 
     @classmethod
     def load(cls, path: Path) -> Artifact:
@@ -76,7 +93,11 @@ def describe_files(directory: Path, names: list[str]) -> dict[str, dict[str, Any
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Written whole or not at all: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
 
 
 @contextlib.contextmanager

@@ -104,7 +104,11 @@ def build(opts: BuildOptions, quiet: bool = False) -> art.Artifact:
         if lib.kernels:
             progress.note(f"{lib.kernels['kernels']} {lib.kernels['module']} kernels, none left on the host")
         manifest = _manifest(g, preset, lib, opts, progress.timings)
-        manifest["files"] = art.describe_files(tmp, [library, art.ONNX_FILE])
+        files = [library, art.ONNX_FILE]
+        if lib.kernel_table:
+            art.write_json(tmp / art.KERNELS_FILE, lib.kernel_table)
+            files += [art.KERNELS_FILE, lib.kernels_library.name]
+        manifest["files"] = art.describe_files(tmp, files)
         art.write_json(tmp / art.MANIFEST, manifest)
     return art.Artifact.load(final_dir)
 

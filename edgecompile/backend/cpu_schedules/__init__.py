@@ -13,7 +13,7 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
 - pipeline.py: TVM's CPU passes with the above, and ``unscheduled_kernels`` for tests.
 """
 
-from .pipeline import cpu_pipeline, fuse_passes, schedule_one, unscheduled_kernels
+from .pipeline import cpu_pipeline, fuse_passes, observer, schedule_one, unscheduled_kernels
 from .target_info import isa_class
 
-__all__ = ["cpu_pipeline", "fuse_passes", "isa_class", "schedule_one", "unscheduled_kernels"]
+__all__ = ["cpu_pipeline", "fuse_passes", "isa_class", "observer", "schedule_one", "unscheduled_kernels"]

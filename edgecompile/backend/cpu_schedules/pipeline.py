@@ -37,13 +37,26 @@ def fuse_passes(target: Target) -> list:
     ]
 
 
-def schedule_passes(target: Target, fused: bool = False) -> list:
-    """Fuse (unless the module already is), then schedule every kernel not yet scheduled."""
+def schedule_passes(target: Target, fused: bool = False, on_fused=None) -> list:
+    """Fuse (unless the module already is), then schedule every kernel not yet scheduled.
+    ``on_fused(mod)`` sees the fused module before scheduling (the kernel table)."""
     rules = [dlight.ApplyDefaultSchedule(*schedule_rules())]
+    if on_fused is not None:
+        rules.insert(0, observer(on_fused))
     return rules if fused else fuse_passes(target) + rules
 
 
-def cpu_pipeline(target: Target, fused: bool = False):
+def observer(on_module) -> tvm.transform.Pass:
+    """A pass that shows the module to ``on_module`` and changes nothing."""
+    @tvm.transform.module_pass(opt_level=0, name="EdgeObserve")
+    def _observe(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        on_module(mod)
+        return mod
+
+    return _observe
+
+
+def cpu_pipeline(target: Target, fused: bool = False, on_fused=None):
     """``fused``: the module comes from ``fuse_passes`` already, some kernels scheduled from
     tuning records; fusing again could merge a tuned kernel into a new, untuned one."""
     @tvm.transform.module_pass(opt_level=0, name="EdgeCPUPipeline")
@@ -51,7 +64,7 @@ def cpu_pipeline(target: Target, fused: bool = False):
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
-                + schedule_passes(target, fused)
+                + schedule_passes(target, fused, on_fused)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
             )

@@ -21,6 +21,10 @@ class CompiledLibrary:
     kernels: dict[str, Any]  # GPU targets: device-kernel report (see compiler.device_kernels)
     tuning: dict[str, Any] = field(default_factory=lambda: {"records": None})  # manifest "tuning"
     schedules: str = "edgecompile-cpu-rules"  # see backend.compiler.schedules
+    # Each kernel's operator class, FLOPs, bytes, arguments (backend.kernels); empty where the
+    # pipeline is not ours (TVM's default, Adreno's).
+    kernel_table: dict[str, Any] = field(default_factory=dict)
+    kernels_library: Path | None = None  # the kernels alone, for per-kernel timing
 
 
 def compile_onnx(
@@ -39,7 +43,8 @@ def compile_onnx(
     fused = mod is not None  # the records' module is legalised and fused already
     if mod is None:
         mod = compiler.import_onnx(model, input_name, input_shape)
-    executable = compiler.compile_module(mod, target, pipeline, fused=fused)
+    table: dict[str, Any] = {}
+    executable = compiler.compile_module(mod, target, pipeline, fused=fused, kernel_table=table)
     kernels = compiler.device_kernels(executable, preset.device)
     if kernels and kernels["on_host"]:
         raise EdgeCompileError(
@@ -48,10 +53,14 @@ def compile_onnx(
             + ", ".join(kernels["on_host"][:8])
         )
     compiler.export_library(executable, out_path, preset.cross_compiler)
+    kernels_library = None
+    if table:
+        kernels_library = out_path.with_name(f"kernels{out_path.suffix}")
+        compiler.export_kernels(executable, kernels_library, preset.cross_compiler)
     if kernels and out_path.suffix == ".so":
         _check_source_embedded(out_path, kernels)
     return CompiledLibrary(out_path, compiler.target_to_dict(target), kernels, tuning,
-                           compiler.schedules(target, pipeline))
+                           compiler.schedules(target, pipeline), table, kernels_library)
 
 
 def _check_source_embedded(lib: Path, kernels: dict[str, Any]) -> None:
