@@ -278,16 +278,52 @@ def measure_defaults(tasks: list[Task], target, builder, runner) -> list[float |
     """Each task as our rules schedule it, built and timed by the same builder and runner
     (and so on the same device, with the same threads) as the tuning candidates: seconds per
     call, None where it failed to build or run."""
-    ms = ms_module()
     from edgecompile.backend.cpu_schedules import schedule_one
 
-    funcs = [_main_func(t.workload) for t in tasks]
-    built = builder.build([ms.builder.BuilderInput(schedule_one(f, target), target) for f in funcs])
+    return _measure([schedule_one(_main_func(t.workload), target) for t in tasks], target,
+                    builder, runner)
+
+
+def head_to_head(tasks: list[Task], database, target, builder, runner,
+                 rounds: int = 2) -> list[tuple[float | None, float | None]]:
+    """(default, best record) seconds per task, timed back to back, alternating, ``rounds``
+    times each (the mean kept): the comparison that decides whether a record is used, made
+    under the same machine conditions for both -- a default timed once at the start of a long
+    tuning run can be off by the load of that moment. (None, None) for a task with no record."""
+    from edgecompile.backend.cpu_schedules import schedule_one
+
+    pairs, where = [], []
+    for i, t in enumerate(tasks):
+        if not database.has_workload(t.workload):
+            continue
+        sch = database.query_schedule(t.workload, target, t.name)
+        if sch is not None:
+            pairs.append((schedule_one(_main_func(t.workload), target), sch.mod))
+            where.append(i)
+    mods = [m for _ in range(rounds) for pair in pairs for m in pair]
+    secs = _measure(mods, target, builder, runner)
+    out: list[tuple[float | None, float | None]] = [(None, None)] * len(tasks)
+    for k, i in enumerate(where):
+        got = [(secs[2 * (r * len(pairs) + k)], secs[2 * (r * len(pairs) + k) + 1]) for r in range(rounds)]
+        out[i] = (_mean([d for d, _ in got]), _mean([c for _, c in got]))
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _measure(mods: list[Any], target, builder, runner) -> list[float | None]:
+    """Seconds per call of each scheduled module ({"main": func}); None where it failed."""
+    ms = ms_module()
+    built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
     device = "cpu" if target.kind.name == "llvm" else target.kind.name  # a device, not a target
     inputs = [ms.runner.RunnerInput(built[i].artifact_path, device,
-                                    ms.arg_info.ArgInfo.from_prim_func(funcs[i])) for i in ok]
-    secs: list[float | None] = [None] * len(tasks)
+                                    ms.arg_info.ArgInfo.from_prim_func(_main_func(mods[i])))
+              for i in ok]
+    secs: list[float | None] = [None] * len(mods)
     for i, future in zip(ok, runner.run(inputs), strict=True):
         r = future.result()
         secs[i] = _mean_secs(r.run_secs) if r.error_msg is None else None

@@ -210,9 +210,10 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                           lambda s, i: printer(s, i, done_before), _log_dir(directory),
                           trials_per_iter=opts.trials_per_iter, seed=opts.seed,
                           cost_model=opts.cost_model, search=opts.search)
+        database = tt.open_database(directory)  # re-read: everything appended this run
+        decided = _decide(tasks, database, directory, preset, builder, runner, stream)
 
-    database = tt.open_database(directory)  # re-read: everything appended this run
-    rows = [_task_row(t, st, database, directory, target, defaults.get(t.name))
+    rows = [_task_row(t, st, database, directory, target, decided[t.name])
             for t, st in zip(tasks, states, strict=True)]
     if opts.compact:
         compact_records(directory)
@@ -260,19 +261,38 @@ def _default_latencies(tasks, database, directory: Path, preset, builder, runner
     return {t.name: stored.get(hashes[t.name], {}).get("default_ms") for t in tasks}
 
 
-def _task_row(t, st, database, directory: Path, target, default_ms: float | None) -> dict[str, Any]:
+def _decide(tasks, database, directory: Path, preset, builder, runner, stream) -> dict[str, dict]:
+    """Each task's default schedule and best record timed head to head (backend.metaschedule.
+    head_to_head), kept in defaults.json: what a build reads to use a record or not."""
+    from edgecompile.backend import metaschedule as tt
+
+    stored = read_defaults(directory)
+    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
+    stream.write(f"timing {len(tasks)} tasks' default schedules against their best records\n")
+    build_target = compiler.make_target(preset.target, preset.host)
+    for t, (d, r) in zip(tasks, tt.head_to_head(tasks, database, build_target, builder, runner),
+                         strict=True):
+        if d is not None and r is not None:
+            stored[hashes[t.name]] = {"task": t.name, "default_ms": round(d * 1e3, 5),
+                                      "record_ms": round(r * 1e3, 5)}
+    write_defaults(directory, stored)
+    return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
+
+
+def _task_row(t, st, database, directory: Path, target, decided: dict[str, Any]) -> dict[str, Any]:
     from edgecompile.backend import metaschedule as tt
 
     n, best = tt.task_records(database, t, target)
     n = trials_done(directory, tt.workload_hash(database, t), n)
     best_ms = None if best is None else round(best * 1e3, 4)
-    wins = record_wins(default_ms, best_ms)
-    used_ms = best_ms if wins or default_ms is None else default_ms
+    default_ms, record_ms = decided.get("default_ms"), decided.get("record_ms")
+    wins = record_wins(default_ms, record_ms)
+    used_ms = record_ms if wins else default_ms
     return {
         "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
-        "trials_this_run": st.trials, "valid_this_run": st.valid,
-        "default_ms": default_ms, "best_ms": best_ms,
-        "speedup": None if not (best_ms and default_ms) else round(default_ms / best_ms, 2),
+        "trials_this_run": st.trials, "valid_this_run": st.valid, "best_ms": best_ms,
+        "default_ms": default_ms, "record_ms": record_ms,
+        "speedup": None if not (record_ms and default_ms) else round(default_ms / record_ms, 2),
         "record_used": wins,
         "total_ms": None if used_ms is None else round(used_ms * t.weight, 4),
         "gflops": None if not used_ms else round(t.flop / used_ms / 1e6, 2),
