@@ -87,6 +87,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_peak(args: argparse.Namespace) -> int:
+    from edgecompile.measure import peak
+
+    record = peak.run_peak(peak.PeakOptions(args.target, threads=args.threads, runs=args.runs,
+                                            refresh=args.refresh), _device(args), results=args.results)
+    print(json.dumps(record) if args.format == "json" else peak.format_peak(record))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from edgecompile.measure import evaluate
 
@@ -215,6 +224,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("peak", help="a device's fp32 compute and memory-bandwidth ceilings")
+    s.add_argument("--target", default="x86", help="the device's target preset (default: x86)")
+    s.add_argument("--threads", type=int, help="device threads (default: the runtime's choice)")
+    s.add_argument("--runs", type=int, default=20, help="timed runs of each kernel (default 20)")
+    s.add_argument("--refresh", action="store_true", help="measure even if this device is cached")
+    s.add_argument("--results", type=Path, help="append the result to this JSONL file")
+    s.add_argument("--format", **fmt)
+    _add_device_flags(s)
+    s.set_defaults(func=_cmd_peak)
 
     s = sub.add_parser("eval", help="accuracy of an artifact on a labelled image folder, vs PyTorch")
     s.add_argument("model", help="an artifact directory, or a model name (built with --target)")
