@@ -116,6 +116,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         tracker=args.tracker, data=args.data, limit=args.limit, results=args.results,
         output_dir=args.output, input_size=args.input_size, attempts=args.attempts,
         job_timeout_s=args.job_timeout, bench_min_time_s=args.bench_time,
+        profile_runs=args.profile_runs if args.profile else 0, peak=args.peak,
     )
     records = matrix.run_matrix(opts)
     rows = matrix.summary_rows(records)
@@ -262,6 +263,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--attempts", type=int, default=3, help="tries per job across devices (default 3)")
     s.add_argument("--job-timeout", type=float, default=900, help="s per job once it has a device")
     s.add_argument("--bench-time", type=float, default=1.0, help="bench at least this long, s")
+    s.add_argument("--profile", action="store_true",
+                   help="each bench also times every kernel by operator class (bench --profile)")
+    s.add_argument("--profile-runs", type=int, default=5, help="--profile: repeats per kernel")
+    s.add_argument("--peak", action="store_true",
+                   help="also measure each target's device ceilings (edgecompile peak)")
     s.add_argument("--format", **fmt)
     s.set_defaults(func=_cmd_matrix)
 

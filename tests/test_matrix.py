@@ -153,3 +153,19 @@ def test_a_job_flooding_stderr_does_not_hang_the_reader(ending):
         assert proc.wait(timeout=10) == (0 if ending == "result" else 3)
     finally:
         _kill(proc)
+
+
+def test_profile_and_peak_through_the_farm(tmp_path, farm, monkeypatch):
+    """`matrix --profile --peak`: each bench carries its kernel profile, measured on the leased
+    device, and the results file one peak line per target: one run feeds the whole report."""
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cache"))
+    tracker, _, _ = farm
+    opts = _opts(tmp_path, tracker.address, models=("fasternet_t0",), profile_runs=2, peak=True)
+    (rec,) = run_matrix(opts)
+    assert rec["status"] == "ok"
+    profile = rec["bench"]["profile"]
+    assert {c["op_class"] for c in profile["classes"]} >= {"pconv", "pointwise"}
+    lines = _records(opts.results)
+    (peak,) = [r for r in lines if r.get("kind") == "peak"]
+    assert peak["target"] == "x86" and peak["device"] == f"tracker {tracker.address} key 'x86'"
+    assert peak["compute_gflops"] > 0 and peak["bandwidth_gbps"] > 0

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=1.0)
     p.add_argument("--min-runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--profile-runs", type=int, default=0, help="> 0: also time every kernel")
     p.add_argument("--lease-timeout", type=float, default=3600.0, help="wait for a free device, s")
     args = p.parse_args(argv)
     try:
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             session = rpc_client.open_session(device, on_lease=lambda s: emit("leased", server=s))
         model, cold = load_timed(a, device, session)
         bench = bench_artifact(a, device, BenchOptions(warmup=args.warmup, min_time_s=args.min_time,
-                                                       min_runs=args.min_runs), loaded=(model, cold))
+                                                       min_runs=args.min_runs,
+                                                       profile_runs=args.profile_runs),
+                             loaded=(model, cold))
         result = None
         if args.data:
             result = evaluate(a, args.data, device, EvalOptions(limit=args.limit), model=model)

@@ -46,6 +46,8 @@ class MatrixOptions:
     bench_min_time_s: float = 1.0
     bench_min_runs: int = 10
     warmup: int = 2
+    profile_runs: int = 0  # > 0: each bench also times every kernel (bench --profile)
+    peak: bool = False  # also measure each target's device ceilings (edgecompile peak)
 
 
 MAX_AVOIDED_LEASES = 5
@@ -210,6 +212,7 @@ class Farm:
         argv += ["--tracker", o.tracker, "--key", job.key] if o.tracker else []
         argv += ["--data", str(o.data)] if o.data else []
         argv += ["--limit", str(o.limit)] if o.limit else []
+        argv += ["--profile-runs", str(o.profile_runs)] if o.profile_runs else []
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         events: queue.Queue = queue.Queue()
@@ -339,7 +342,28 @@ def expand_models(names: list[str]) -> tuple[str, ...]:
 def run_matrix(opts: MatrixOptions, say=None) -> list[dict[str, Any]]:
     if not opts.models or not opts.targets:
         raise UsageError("matrix needs --models and --targets")
-    return Farm(opts, say).run()
+    records = Farm(opts, say).run()
+    if opts.peak:
+        measure_peaks(opts, say or (lambda text: print(text, file=sys.stderr, flush=True)))
+    return records
+
+
+def measure_peaks(opts: MatrixOptions, say) -> None:
+    """Each target's device ceilings into the results (cached per device: cheap on a rerun).
+    A device that cannot be reached costs its peak line, not the run."""
+    from edgecompile.devices.spec import DeviceSpec
+    from edgecompile.measure.peak import PeakOptions, run_peak
+
+    opts.results.parent.mkdir(parents=True, exist_ok=True)
+    for target in opts.targets:
+        preset = get_target(target)
+        device = (DeviceSpec(tracker=opts.tracker, key=preset.rpc_key or preset.name)
+                  if opts.tracker else DeviceSpec())
+        try:
+            r = run_peak(PeakOptions(target), device, results=opts.results)
+            say(f"matrix: peak {target}: {r['compute_gflops']:.1f} GFLOP/s, {r['bandwidth_gbps']:.1f} GB/s")
+        except EdgeCompileError as e:
+            say(f"matrix: peak {target} not measured: {e}")
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
