@@ -33,3 +33,18 @@ def test_fasternet_t0_rpi4_at_224_through_the_cli(tmp_path, emulated_rpi4):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     assert f"RPC server {emulated_rpi4.address}" in r.stdout
+
+
+def test_kernel_profile_on_the_emulated_pi_says_it_is_emulated(tmp_path, emulated_rpi4):
+    """bench --profile over RPC on the (NEON) emulated Pi: every kernel timed there, classified
+    (FasterNet's PConv as such), and the record marked as emulation, never a latency."""
+    from edgecompile.measure.bench import BenchOptions, bench_artifact
+
+    a = build(BuildOptions("fasternet_t0", "rpi4", output_dir=tmp_path, input_size=64), quiet=True)
+    r = bench_artifact(a, DeviceSpec(rpc=emulated_rpi4.address),
+                       BenchOptions(warmup=1, min_time_s=0, min_runs=2, round_runs=2, profile_runs=1))
+    assert r["emulated"] == "qemu-aarch64 -cpu cortex-a72"
+    classes = {c["op_class"]: c for c in r["profile"]["classes"]}
+    assert {"pconv", "pointwise", "conv", "data_movement"} <= set(classes)
+    assert classes["pconv"]["calls"] == 1 + 2 + 8 + 2
+    assert all(k["ms_per_call"] > 0 for k in r["profile"]["kernels"])

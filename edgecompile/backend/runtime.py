@@ -9,6 +9,8 @@ import numpy as np
 from edgecompile.backend.core import load_tvm
 from edgecompile.errors import EdgeCompileError
 
+DEVICE_INFO = "edgecompile.device_info"  # registered by our emulated devices' servers
+
 # TVM's ThreadPool modes: 1 = big cores (all cores on a uniform CPU), -1 = little cores.
 # "all" spreads over every core: big mode with as many threads as there are cores.
 AFFINITY_MODES = {"default": 1, "big": 1, "little": -1, "all": 1}
@@ -26,6 +28,20 @@ class LoadedModel:
         self.input_name = input_name
         self.lib = lib
         self.vm = tvm.relax.VirtualMachine(lib, device)
+
+    @property
+    def device_info(self) -> dict:
+        """What the device says of itself (``edgecompile.device_info`` on its RPC server): our
+        emulated devices answer ``{"emulated": "qemu-aarch64 -cpu cortex-a72"}``; a board or
+        this host have no such function, and nothing to say."""
+        if self.session is None:
+            return {}
+        try:
+            import json
+
+            return json.loads(str(self.session.get_function(DEVICE_INFO)()))
+        except Exception:  # noqa: BLE001 -- a plain TVM server: no such function
+            return {}
 
     def put(self, x: np.ndarray):
         """Copy an input to the device once (for timing runs that should not include it)."""

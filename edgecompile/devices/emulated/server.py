@@ -5,6 +5,7 @@ whole process group."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
 import shutil
@@ -33,6 +34,15 @@ import os, sys
 _exe = os.environ.get("EDGECOMPILE_GUEST_PYTHON")
 if _exe:
     sys.executable = _exe
+# So that results can say they were measured under emulation (never a latency): the server's
+# sessions answer edgecompile.device_info (backend.runtime.LoadedModel.device_info).
+_info = os.environ.get("EDGECOMPILE_DEVICE_INFO")
+if _info:
+    try:
+        import tvm_ffi
+        tvm_ffi.register_global_func("edgecompile.device_info", lambda: _info, override=True)
+    except Exception:
+        pass
 """
 
 def _cleanup(proc: subprocess.Popen, run_dir: Path) -> None:
@@ -171,6 +181,7 @@ def _start_once(core: str, port: int, tracker: str | None, key: str | None, root
     wrapper.chmod(0o755)
     env = guest_env(root, core, [run_dir / "site", root / "opt" / "tvm"])
     env["EDGECOMPILE_GUEST_PYTHON"] = str(wrapper)
+    env["EDGECOMPILE_DEVICE_INFO"] = json.dumps({"emulated": f"qemu-aarch64 -cpu {core}"})
     env["TMPDIR"] = str(run_dir / "tmp")  # uploaded libraries; removed with the run dir
 
     argv = [qemu, "-L", str(root), "-cpu", core, str(guest_python), "-m", SERVER_MODULE,
