@@ -96,6 +96,20 @@ def _cmd_peak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from edgecompile import listing
+    from edgecompile.report.write import make_report, terminal_rows
+
+    report = make_report(args.results, args.output)
+    for p in report.problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    rows = terminal_rows(report.rows)
+    print(listing.as_json(rows) if args.format == "json" else listing.as_table(rows))
+    print(f"report: {report.directory / 'index.html'} ({len(report.plots)} plots, "
+          f"summary.csv, report.md)", file=sys.stderr)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from edgecompile.measure import evaluate
 
@@ -235,6 +249,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_peak)
+
+    s = sub.add_parser("report", help="results (bench/eval/matrix/peak JSON lines) -> HTML, CSV, plots")
+    s.add_argument("results", type=Path, nargs="+", help="JSON-lines results files")
+    s.add_argument("-o", "--output", type=Path, default=Path("report"), help="default: ./report")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("eval", help="accuracy of an artifact on a labelled image folder, vs PyTorch")
     s.add_argument("model", help="an artifact directory, or a model name (built with --target)")

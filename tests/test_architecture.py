@@ -184,6 +184,7 @@ LAYERS = [
     {"edgecompile.pipeline"},
     {"edgecompile.listing", "edgecompile.tune.run"},
     {"edgecompile.measure"},
+    {"edgecompile.report"},  # reads results; imports nothing that measures
     {"edgecompile.cli", "edgecompile.__main__"},
 ]
 

@@ -101,6 +101,8 @@ def evaluate(a: Artifact, data: Path, device: DeviceSpec | None = None,
 
     pct = {k: (100.0 * v / done if done else 0.0) for k, v in hits.items()}
     return record_header("eval", a, device.describe(), model.server) | {
+        "input_size": a.manifest["input"]["shape"][-1],
+        "emulated": model.device_info.get("emulated"),
         "data": str(data),
         "layout": images.layout,
         "images": done,
