@@ -26,6 +26,8 @@ APT_PACKAGES=(
   debian-archive-keyring  # ... verified against Debian's keys (not preinstalled on Ubuntu)
   fakeroot                # ... built without root when setup runs as a user
   python3-venv            # `python3 -m venv` with Debian's own Python (the project's .venv/)
+  chromium                # the report's HTML opened in a real headless browser (tests) ...
+  chromium-driver         # ... driven by Selenium
 )
 
 step() { printf '\n==> %s\n' "$*"; }

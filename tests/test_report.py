@@ -157,3 +157,52 @@ def test_report_cli_prints_the_main_table(results, tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(m in r.stdout for m in MODELS) and "median ms" in r.stdout
     assert (tmp_path / "cli" / "index.html").is_file()
+
+
+def test_the_html_in_a_real_headless_chromium(results, tmp_path):
+    """Debian's Chromium, headless, through Selenium and chromium-driver (installed by the setup
+    script): every image decodes, the console has no errors, a header click sorts the table,
+    and the page's screenshot is not blank."""
+    import io
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    make_report([results], tmp_path / "out")
+    opts = Options()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    try:
+        driver.get((tmp_path / "out" / "index.html").as_uri())
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 4
+        for img in images:  # decoded, with a size: a broken data URI has naturalWidth 0
+            width = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+            assert width > 100
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+
+        def column(key):
+            return [float(c.get_attribute("data-value")) for c in
+                    driver.find_elements(By.CSS_SELECTOR, f"table.sortable td[data-key='{key}']")]
+
+        header = driver.find_elements(By.CSS_SELECTOR, "table.sortable th")[
+            [k for k, _ in COLUMNS].index("median_ms")]
+        header.click()
+        assert column("median_ms") == sorted(column("median_ms"))
+        header.click()
+        assert column("median_ms") == sorted(column("median_ms"), reverse=True)
+
+        from PIL import Image as PILImage
+
+        shot = PILImage.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
+        lo, hi = shot.getextrema()
+        assert hi - lo > 100 and len(shot.getcolors(256)) > 20  # text and plots, not a blank page
+    finally:
+        driver.quit()
