@@ -131,6 +131,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         output_dir=args.output, input_size=args.input_size, attempts=args.attempts,
         job_timeout_s=args.job_timeout, bench_min_time_s=args.bench_time,
         profile_runs=args.profile_runs if args.profile else 0, peak=args.peak,
+        weights_dir=args.weights_dir,
     )
     records = matrix.run_matrix(opts)
     rows = matrix.summary_rows(records)
@@ -288,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--profile-runs", type=int, default=5, help="--profile: repeats per kernel")
     s.add_argument("--peak", action="store_true",
                    help="also measure each target's device ceilings (edgecompile peak)")
+    s.add_argument("--weights-dir", type=Path, metavar="DIR",
+                   help="build each model from DIR/<model>.pth where present (e.g. checkpoints/digits)")
     s.add_argument("--format", **fmt)
     s.set_defaults(func=_cmd_matrix)
 

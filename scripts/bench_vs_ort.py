@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="onnxruntime,torch", help="compared with TVM (default: both)")
     p.add_argument("-o", "--output", type=Path, default=Path("build/bench_vs_ort"))
     p.add_argument("--results", type=Path, help="append the JSON lines here too")
+    p.add_argument("--profile", action="store_true",
+                   help="also time every TVM kernel (bench --profile): GFLOP/s per operator class")
     args = p.parse_args(argv)
 
     rows, records = [], []
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             "tvm_gflops": e["tvm"]["gflops"], "ort_gflops": e["onnxruntime"]["gflops"],
             "torch_gflops": e["torch"]["gflops"],
         }
+        if args.profile:
+            rec["classes"] = _classes(a, args.threads, e["tvm"]["median_ms"])
         records.append(rec)
         print(json.dumps(rec), flush=True)
         if args.results:
@@ -85,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.target} ({cpu}), {args.threads} threads, median of interleaved runs:")
     print(as_table(rows))
     return 0
+
+
+def _classes(a, threads: int, median_ms: float) -> dict:
+    """Per operator class: ms per inference, share of the compared median, GFLOP/s."""
+    from edgecompile.backend.runtime import load_local
+    from edgecompile.measure.profile import profile_kernels
+
+    model = load_local(a.library, "cpu", a.manifest["input"]["name"])
+    model.configure_threads(threads, "default")
+    p = profile_kernels(a, model, median_ms)
+    out = {c["op_class"]: {"ms": round(c["ms"], 4), "share": round(c["share"], 4),
+                           "gflops": round(c["gflops"], 2)} for c in p["classes"]}
+    return out | {"kernels_ms": round(p["kernels_ms"], 4)}
 
 
 if __name__ == "__main__":

@@ -169,3 +169,25 @@ def test_profile_and_peak_through_the_farm(tmp_path, farm, monkeypatch):
     (peak,) = [r for r in lines if r.get("kind") == "peak"]
     assert peak["target"] == "x86" and peak["device"] == f"tracker {tracker.address} key 'x86'"
     assert peak["compute_gflops"] > 0 and peak["bandwidth_gbps"] > 0
+
+
+def test_weights_dir_builds_from_the_checkpoints_and_reuses_them(tmp_path, monkeypatch):
+    """`matrix --weights-dir checkpoints/digits`: each model built from its checkpoint (its own
+    classes and input size), and the artifact reused on the next run, not rebuilt."""
+    from pathlib import Path
+
+    from edgecompile.pipeline import build as building
+    from edgecompile.pipeline.artifact import Artifact
+
+    ckpts = Path(__file__).resolve().parents[1] / "checkpoints" / "digits"
+    opts = MatrixOptions(models=("mobilenet_v1_025",), targets=("x86",), results=tmp_path / "r.jsonl",
+                         output_dir=tmp_path / "build", bench_min_time_s=0.1, bench_min_runs=3,
+                         weights_dir=ckpts)
+    (rec,) = run_matrix(opts, say=lambda _: None)
+    a = Artifact.load(rec["artifact"] if "artifact" in rec else rec["bench"]["artifact"])
+    assert a.manifest["spec"]["weights"]["source"] == "file"
+    assert a.manifest["spec"]["num_classes"] == 10
+    built = []
+    monkeypatch.setattr(building, "build", lambda *a, **k: built.append(a) or pytest.fail("rebuilt"))
+    run_matrix(MatrixOptions(**{**opts.__dict__, "results": tmp_path / "r2.jsonl"}), say=lambda _: None)
+    assert built == []

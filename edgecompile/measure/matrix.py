@@ -47,6 +47,7 @@ class MatrixOptions:
     bench_min_runs: int = 10
     warmup: int = 2
     profile_runs: int = 0  # > 0: each bench also times every kernel (bench --profile)
+    weights_dir: Path | None = None  # DIR/<model>.pth, where present, instead of the seeded init
     peak: bool = False  # also measure each target's device ceilings (edgecompile peak)
 
 
@@ -70,7 +71,7 @@ class Job:
 def job_key(opts: MatrixOptions, model: str, target: str) -> str:
     """What makes two runs the same job: a changed input size or data set is new work."""
     return json.dumps([model, target, opts.input_size, str(opts.data) if opts.data else None,
-                       opts.limit])
+                       opts.limit] + ([str(opts.weights_dir)] if opts.weights_dir else []))
 
 
 def done_keys(results: Path) -> set[str]:
@@ -152,7 +153,8 @@ class Farm:
         for i, job in enumerate(jobs, 1):  # compile on this host first (reused when cached)
             self.say(f"matrix: build {i}/{len(jobs)} {job.id}")
             job.artifact = build_or_reuse(job.model, job.target, self.opts.output_dir,
-                                          self.opts.input_size, quiet=True).path
+                                          self.opts.input_size, quiet=True,
+                                          weights=self._weights(job.model)).path
         self.opts.results.parent.mkdir(parents=True, exist_ok=True)
         queues: dict[str, queue.Queue[Job]] = {k: queue.Queue() for k in workers}
         for job in jobs:
@@ -172,6 +174,12 @@ class Farm:
                 job.attempts.append({"server": None, "error": f"no device left under key '{k}'"})
                 self._finish(job, None)
         return self.records
+
+    def _weights(self, model: str) -> Path | None:
+        if self.opts.weights_dir is None:
+            return None
+        path = self.opts.weights_dir / f"{model}.pth"
+        return path if path.is_file() else None
 
     def _worker(self, key: str, jobs: queue.Queue) -> None:
         while True:

@@ -21,6 +21,7 @@ import edgecompile
 from edgecompile.backend import core
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.models import ModelInfo, get_model_info
+from edgecompile.paths import file_sha256
 from edgecompile.pipeline import artifact as art
 from edgecompile.pipeline import flops, numerics, ort
 from edgecompile.pipeline.spec import BuildOptions, ModelSpec, effective_preset
@@ -167,7 +168,8 @@ def _manifest(g: FinalGraph, preset: TargetPreset, lib, opts: BuildOptions,
 
 
 def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Path("build"),
-                   input_size: int | None = None, quiet: bool = False) -> art.Artifact:
+                   input_size: int | None = None, quiet: bool = False,
+                   weights: Path | None = None) -> art.Artifact:
     """An artifact directory as it is, or a model name built for ``target`` -- reusing the
     artifact already in ``output_dir`` when it was built the same way (tuning records
     included) and is intact."""
@@ -176,13 +178,19 @@ def build_or_reuse(model_or_dir: str, target: str | None, output_dir: Path = Pat
         return art.Artifact.load(path)
     if target is None:
         raise UsageError(f"'{model_or_dir}' is a model name: --target is needed to build it")
-    opts = BuildOptions(model_or_dir, target, output_dir=output_dir, input_size=input_size)
+    opts = BuildOptions(model_or_dir, target, output_dir=output_dir, input_size=input_size,
+                        weights=weights)
     info, preset = get_model_info(opts.model), effective_preset(opts)
     existing = Path(output_dir) / f"{info.name}-{preset.name}"
-    if (existing / art.MANIFEST).is_file():
+    if (existing / art.MANIFEST).is_file() and (weights is None or Path(weights).is_file()):
         a = art.Artifact.load(existing)
-        same = (a.manifest["spec"]["input_size"] == (input_size or info.input_size)
-                and a.manifest["spec"]["weights"] == {"source": "init", "seed": opts.seed}
+        built_from = a.manifest["spec"]["weights"]
+        same_weights = (built_from.get("sha256") == file_sha256(weights) if weights
+                        else built_from == {"source": "init", "seed": opts.seed})
+        # A checkpoint may set its own input size (its meta): only an explicit one must match.
+        same_size = (a.manifest["spec"]["input_size"] == input_size if input_size
+                     else weights is not None or a.manifest["spec"]["input_size"] == info.input_size)
+        same = (same_size and same_weights
                 and a.manifest["versions"]["tvm"] == core.version()
                 and a.manifest["versions"]["edgecompile"] == edgecompile.__version__
                 and not a.hash_mismatches()
