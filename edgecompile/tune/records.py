@@ -48,7 +48,7 @@ TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when recor
 # first: a dictionary lookup instead of a task extraction (5-10 s) for the many models that
 # were never tuned, which is what lets `build` apply records by default.
 MODELS_FILE = "models.json"
-KEEP_PER_TASK = 8  # best records kept per task when compacting (the rest only cost repo space)
+KEEP_PER_TASK = 4  # records kept per task when compacting (the best is applied; the rest cost space)
 # 3: tuned on the kernels of our own legalisation (backend.metaschedule.prepare), against the
 # default schedules. Version-1 records were tuned against TVM's untouched, naive code in plain
 # NCHW; builds with them ran at 1.9-2.4x ONNX Runtime on the Zen 3 they were tuned on, the
@@ -268,16 +268,28 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
         mean = sum(secs) / len(secs) if secs else float("inf")
         by_wl.setdefault(r[0], []).append((mean, line))
     trials = _read_trials(directory)
+    # Workloads without a record go too (tune commits every task's workload to time its
+    # default; ~70 KB of JSON each): the records are renumbered to the workloads kept.
+    wl_lines = [line for line in wl_file.read_text().splitlines() if line.strip()]
+    renumber = {old: new for new, old in enumerate(sorted(by_wl))}
     kept: list[str] = []
     for idx, recs in sorted(by_wl.items()):
         best = sorted(recs, key=lambda x: x[0])[:keep]
-        kept += [line for _, line in best]
+        for _, line in best:
+            r = json.loads(line)
+            r[0] = renumber[idx]
+            kept.append(json.dumps(r))
         trials[shashes[idx]] = {"trials": trials_done(directory, shashes[idx], len(recs)), "kept": len(best)}
-    tmp = rec_file.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(rec_file)
-    (directory / TRIALS_FILE).write_text(json.dumps(trials, indent=0, sort_keys=True) + "\n")
+    _write_lines(rec_file, kept)
+    _write_lines(wl_file, [wl_lines[i] for i in sorted(by_wl)])
+    _write_json(directory / TRIALS_FILE, trials)
     return len(lines), len(kept)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
