@@ -172,7 +172,7 @@ def candidate_records(preset: TargetPreset, root: Path | None = None,
         if k is not None and k.get("isa") == isa and k.get("target", {}).get("device") == preset.device:
             others.append((k.get("preset") != preset.name, d.name, d, k))
     found += [(d, k, "isa") for _, _, d, k in sorted(others, key=lambda o: o[:2])]
-    return found, why if not found else "ok"
+    return found, f"{why}, nor for any other {isa} CPU" if not found else "ok"
 
 
 def find_records(preset: TargetPreset, root: Path | None = None, mode: str = "isa") -> RecordMatch:
