@@ -56,7 +56,12 @@ def _group_label(device: str, target: str, emulated: bool) -> str:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()[:80]
+    """A file name part: addresses dropped (a tracker's port changes every run; its key does
+    not), the rest alphanumeric."""
+    import re
+
+    text = re.sub(r"[\w.-]+:\d+", "", text)
+    return re.sub(r"-+", "-", "".join(c if c.isalnum() else "-" for c in text)).strip("-").lower()[:80]
 
 
 def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
@@ -67,10 +72,15 @@ def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]
     for r in rows:
         if r["median_ms"] is not None:
             groups[(r["device"], r["target"])].append(r)
-    plots = []
+    plots, used = [], set()
     for (device, target), members in sorted(groups.items()):
         label = _group_label(device, target, any(m["emulated"] for m in members))
-        slug = _slug(f"{target}-{device}")
+        slug = base = _slug(f"{target}-{device}")
+        n = 1
+        while slug in used:  # two servers whose names differ only by address
+            n += 1
+            slug = f"{base}-{n}"
+        used.add(slug)
         plots.append(_latency_vs_macs(members, label, out_dir / f"latency-vs-macs-{slug}"))
         roof = _roofline(members, label, out_dir / f"roofline-{slug}")
         if roof:
