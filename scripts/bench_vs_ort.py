@@ -95,13 +95,17 @@ def _classes(a, threads: int, median_ms: float) -> dict:
     """Per operator class: ms per inference, share of the compared median, GFLOP/s."""
     from edgecompile.backend.runtime import load_local
     from edgecompile.measure.profile import profile_kernels
+    from edgecompile.pipeline import numerics
 
     model = load_local(a.library, "cpu", a.manifest["input"]["name"])
     model.configure_threads(threads, "default")
-    p = profile_kernels(a, model, median_ms)
-    out = {c["op_class"]: {"ms": round(c["ms"], 4), "share": round(c["share"], 4),
-                           "gflops": round(c["gflops"], 2)} for c in p["classes"]}
-    return out | {"kernels_ms": round(p["kernels_ms"], 4)}
+    x = model.put(numerics.parity_inputs(1, tuple(a.manifest["input"]["shape"])[1:]))
+    p = profile_kernels(a, model, median_ms, device_input=x)
+    out = {c["op_class"]: {"ms": round(c["ms"], 4), "ms_in_context": round(c["ms_in_context"], 4),
+                           "share": round(c["share_in_context"], 4), "gflops": round(c["gflops"], 2)}
+           for c in p["classes"]}
+    return out | {"kernels_ms": round(p["kernels_ms"], 4),
+                  "kernels_in_context_ms": round(p["kernels_in_context_ms"], 4)}
 
 
 if __name__ == "__main__":

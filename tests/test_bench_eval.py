@@ -76,8 +76,15 @@ def _check_profile(p, artifact, median_ms):
 @pytest.mark.tvm
 def test_profile_times_every_kernel_by_class(artifact):
     r = bench_artifact(artifact, opts=BenchOptions(min_time_s=0, min_runs=5, profile_runs=3))
-    assert r["profile"]["repeat"] == 3
-    _check_profile(r["profile"], artifact, r["latency_ms"]["median"])
+    p = r["profile"]
+    assert p["repeat"] == 3
+    _check_profile(p, artifact, r["latency_ms"]["median"])
+    # On this host each kernel is also timed inside whole inferences.
+    assert all(k["ms_in_context"] > 0 for k in p["kernels"])
+    assert p["kernels_in_context_ms"] == pytest.approx(sum(k["ms_in_context"] for k in p["kernels"]))
+    for c in p["classes"]:
+        members = [k for k in p["kernels"] if k["op_class"] == c["op_class"]]
+        assert c["ms_in_context"] == pytest.approx(sum(k["ms_in_context"] for k in members))
 
 
 @pytest.mark.tvm
@@ -103,6 +110,7 @@ def test_bench_and_eval_over_rpc(artifact, tmp_path, digits_like):
         # The kernel profile works on a remote device too: each kernel timed there.
         p = bench_artifact(artifact, device, BenchOptions(min_time_s=0, min_runs=3, profile_runs=2))
     _check_profile(p["profile"], artifact, p["latency_ms"]["median"])
+    assert "kernels_in_context_ms" not in p["profile"]  # the VM cannot be instrumented over RPC
     assert r["device"] == f"RPC server {server.address}" and r["latency_ms"]["runs"] >= 15
     assert e["images"] == 12 and e["top1_agreement"] == 100.0
 

@@ -77,30 +77,39 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
     ``kernel_table``: a dict filled with the kernels' table (backend.kernels) as they are
     fused, before scheduling (our pipelines only)."""
     tvm = load_tvm()
+    from edgecompile.backend.kernels import keep_called
     from edgecompile.backend.kernels import kernel_table as table_of
 
     def on_fused(fused_mod) -> None:
         if kernel_table is not None:
             kernel_table.update(table_of(fused_mod))
 
+    def on_lowered(lowered_mod) -> None:
+        if kernel_table:
+            keep_called(kernel_table, lowered_mod)
+
+    def gpu(guarded: bool):
+        return _gpu_pipeline(target, guarded, on_fused, on_lowered)
+
     if pipeline == GUARDED:
-        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, True, on_fused))
+        return tvm.compile(mod, target=target, relax_pipeline=gpu(True))
     if pipeline == TVM_DEFAULT:
         return tvm.compile(mod, target=target, relax_pipeline="default")
     if pipeline == "default" and is_cpu(target):
         from edgecompile.backend.cpu_schedules import cpu_pipeline
 
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fused, on_fused))
+        return tvm.compile(mod, target=target,
+                           relax_pipeline=cpu_pipeline(target, fused, on_fused, on_lowered))
     keys = [str(k) for k in target.keys]
     if pipeline != "default" or "gpu" not in keys or "adreno" in keys:
         # Adreno: TVM's own Adreno pipeline (texture memory, its dlight rules); no kernel table.
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     try:
-        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, False, on_fused))
+        return tvm.compile(mod, target=target, relax_pipeline=gpu(False))
     except AssertionError:
         # Seen: dlight's GEMV rule asserts on a small classifier kernel (10 classes at 32 px)
         # and takes the whole compile down with it.
-        return tvm.compile(mod, target=target, relax_pipeline=_gpu_pipeline(target, True, on_fused))
+        return tvm.compile(mod, target=target, relax_pipeline=gpu(True))
 
 
 def isa_class(target: dict[str, Any]) -> str:
@@ -119,7 +128,7 @@ def unscheduled_cpu_kernels(model: onnx.ModelProto, input_name: str, shape: tupl
     return unscheduled_kernels(import_onnx(model, input_name, shape), make_target(target))
 
 
-def _gpu_pipeline(target, guarded: bool, on_fused):
+def _gpu_pipeline(target, guarded: bool, on_fused, on_lowered):
     """TVM's generic GPU pipeline (dlight's rules), with ``on_fused`` shown the fused module.
     ``guarded``: a dlight rule which raises on a function is skipped for it (the next rule, at
     worst Fallback, schedules it). A function no rule can schedule stays host code, which
@@ -151,7 +160,8 @@ def _gpu_pipeline(target, guarded: bool, on_fused):
         with target:
             return tvm.transform.Sequential(
                 gpu.library_dispatch_passes(target) + legalize
-                + gpu.dataflow_lower_passes(target) + gpu.finalize_passes(target)
+                + gpu.dataflow_lower_passes(target) + [observer(on_lowered)]
+                + gpu.finalize_passes(target)
             )(mod)
 
     return _pipeline

@@ -73,6 +73,23 @@ def kernel_table(mod) -> dict[str, Any]:
     return {"kernels": kernels, "sequence": sequence}
 
 
+def keep_called(table: dict[str, Any], lowered_mod) -> None:
+    """Drop from ``table`` the kernels the lowered ``main`` no longer calls (a reshape kernel
+    becomes a view of its input, vm.builtin.reshape): they never run."""
+    tvm = load_tvm()
+    from tvm import relax
+
+    called: set[str] = set()
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GlobalVar):
+            called.add(e.name_hint)
+
+    relax.analysis.post_order_visit(lowered_mod["main"], visit)
+    table["kernels"] = [k for k in table["kernels"] if k["name"] in called]
+    table["sequence"] = [n for n in table["sequence"] if n in called]
+
+
 def _is_partial(inputs, output, producer, consumers) -> bool:
     """FasterNet's PConv: the convolution reads a slice a Split (or strided slice) made and its
     result is concatenated back with the untouched channels."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,30 @@ class LoadedModel:
         evaluator, so RPC round trips and host-side Python are not part of the figure."""
         f = self.vm.time_evaluator("main", self.device, number=1, repeat=runs)
         return [float(t) for t in f(device_input).results]
+
+    def call_times(self, device_input) -> list[tuple[str, float]]:
+        """One inference with every call the VM makes timed in context: (symbol, seconds), in
+        call order. TVM 0.27's Relax VM has no profiler; its instrument hook runs a Python
+        function before and after each call, so this works in this process only (a separate
+        VM is instrumented, so the one ``time_runs`` uses is never slowed by the hook)."""
+        if self.session is not None:
+            raise EdgeCompileError("in-context kernel timing runs on this host only: TVM 0.27's "
+                                   "VM cannot be instrumented over RPC")
+        vm = self._tvm.relax.VirtualMachine(self.lib, self.device)
+        calls: list[tuple[str, float]] = []
+        started = [0.0]
+
+        def instrument(_func, symbol, before_run, _ret, *_args):
+            now = time.perf_counter()
+            if before_run:
+                started[0] = now
+            else:
+                calls.append((str(symbol), now - started[0]))
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+        vm.set_instrument(instrument)
+        vm["main"](device_input)
+        return calls
 
     def time_kernels(self, kernels_lib: Path, kernels: list[dict], repeat: int = 5,
                      min_repeat_ms: int = 5) -> dict[str, float]:

@@ -87,8 +87,8 @@ def bench_artifact(a: Artifact, device: DeviceSpec | None = None,
 
     stats = latency_stats(samples)
     macs = a.manifest["model"]["macs_counted"]
-    profile = (profile_kernels(a, model, stats["median"], opts.profile_runs) if opts.profile_runs
-               else None)
+    profile = (profile_kernels(a, model, stats["median"], opts.profile_runs, device_input=dev_x)
+               if opts.profile_runs else None)
     return record_header("bench", a, device.describe(), model.server) | {
         "input_shape": list(shape),
         "threads": threads,

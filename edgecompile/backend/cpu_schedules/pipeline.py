@@ -56,9 +56,11 @@ def observer(on_module) -> tvm.transform.Pass:
     return _observe
 
 
-def cpu_pipeline(target: Target, fused: bool = False, on_fused=None):
+def cpu_pipeline(target: Target, fused: bool = False, on_fused=None, on_lowered=None):
     """``fused``: the module comes from ``fuse_passes`` already, some kernels scheduled from
-    tuning records; fusing again could merge a tuned kernel into a new, untuned one."""
+    tuning records; fusing again could merge a tuned kernel into a new, untuned one.
+    ``on_lowered(mod)`` sees the module once Relax is lowered (which kernels main still calls:
+    a reshape kernel, for one, becomes a view)."""
     @tvm.transform.module_pass(opt_level=0, name="EdgeCPUPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
@@ -66,6 +68,7 @@ def cpu_pipeline(target: Target, fused: bool = False, on_fused=None):
                 cpu_generic.library_dispatch_passes(target)
                 + schedule_passes(target, fused, on_fused)
                 + cpu_generic.dataflow_lower_passes(target)
+                + ([observer(on_lowered)] if on_lowered else [])
                 + cpu_generic.finalize_passes(target)
             )
             mod = seq(mod)
