@@ -206,3 +206,28 @@ def test_the_html_in_a_real_headless_chromium(results, tmp_path):
         assert hi - lo > 100 and len(shot.getcolors(256)) > 20  # text and plots, not a blank page
     finally:
         driver.quit()
+
+
+def test_the_committed_farm_run_reports_figure_for_figure(tmp_path):
+    """results/report-example.jsonl: the real x86 + emulated rpi4 farm run behind the README's
+    example (scripts/report_example.py). Every row's figures are its JSON lines', the rpi4 rows
+    are labelled emulation, and each per-device plot has one point per architecture."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "results" / "report-example.jsonl"
+    lines = _lines(path)
+    jobs = [r for r in lines if r["kind"] == "matrix" and r["status"] == "ok"]
+    peaks = {p["target"]: p for p in lines if p["kind"] == "peak"}
+    rep = make_report([path], tmp_path / "out")
+    assert len(rep.rows) == len(jobs) == 14 and not rep.problems
+    rows = {(r["target"], r["model"]): r for r in rep.rows}
+    for job in jobs:
+        b, e = job["bench"], job["eval"]
+        row = rows[(b["target"], b["model"])]
+        assert row["median_ms"] == b["latency_ms"]["median"] and row["top1"] == e["top1"]
+        assert row["peak_pct"] == pytest.approx(100 * b["gflops"] / peaks[b["target"]]["compute_gflops"])
+        assert bool(row["emulated"]) == (b["target"] == "rpi4")
+    for p in rep.plots:
+        if p["kind"] in ("latency_vs_macs", "roofline", "accuracy_vs_latency"):
+            assert len(p["points"]) == 7, p["name"]
+            assert ("rpi4" in p["title"]) == (NOT_A_LATENCY in p["title"])
