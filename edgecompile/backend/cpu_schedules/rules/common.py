@@ -20,6 +20,13 @@ def is_reduction(sch: s_tir.Schedule, block) -> bool:
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
+def sole_reduction(sch: s_tir.Schedule, blocks: list):
+    """The kernel's one reduction block, or None when it has none or several (the rules for
+    convolutions and dense layers take kernels with exactly one)."""
+    reds = [b for b in blocks if is_reduction(sch, b)]
+    return reds[0] if len(reds) == 1 else None
+
+
 def type_is(obj, name: str) -> bool:
     """Check a TVM node's type by name: TVM 0.27 exposes some node classes only as factory functions
     (tirx.BufferLoad) and moved others between modules (IntImm), so isinstance is brittle."""

@@ -32,6 +32,7 @@ from .common import (
     is_reduction,
     largest_divisor,
     maybe_parallel,
+    sole_reduction,
     split_vector,
     type_is,
 )
@@ -54,10 +55,9 @@ def _row_tile(row: int, channels: int, info: CpuInfo) -> tuple[int, int, int]:
 
 class Conv2DNCHW(CpuRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
-        reds = [b for b in blocks if is_reduction(sch, b)]
-        if len(reds) != 1:
+        conv = sole_reduction(sch, blocks)
+        if conv is None:
             return None
-        conv = reds[0]
         cstmt = sch.get(conv)
         ivs = cstmt.iter_vars
         spatial = [iv for iv in ivs if iv.iter_type == tirx.IterVar.DataPar]

@@ -8,15 +8,14 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from ..target_info import CpuInfo
-from .common import CpuRule, accumulate_locally, is_reduction, maybe_parallel, split_vector
+from .common import CpuRule, accumulate_locally, maybe_parallel, sole_reduction, split_vector
 
 
 class Dense(CpuRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
-        reds = [b for b in blocks if is_reduction(sch, b)]
-        if len(reds) != 1:
+        mm = sole_reduction(sch, blocks)
+        if mm is None:
             return None
-        mm = reds[0]
         ivs = sch.get(mm).iter_vars
         kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivs)
         if kinds not in ("SSR", "SR"):

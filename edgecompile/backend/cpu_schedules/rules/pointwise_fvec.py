@@ -10,7 +10,7 @@ from tvm import s_tir
 
 from ..tags import PW_FVEC_TAG
 from ..target_info import CpuInfo
-from .common import CpuRule, accumulate_locally, is_plain_copy, is_reduction, maybe_parallel, split_vector
+from .common import CpuRule, accumulate_locally, is_plain_copy, maybe_parallel, sole_reduction, split_vector
 from .conv import _pick_mr, _schedule_pad_stage
 
 # Bytes of one K chunk of a tile's weights that should stay in L1 (most L1D are 32-48 KB).
@@ -35,7 +35,7 @@ def _k_block(k: int, bytes_per_k: int) -> int:
 class PointwiseFVec(CpuRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         convs = [b for b in blocks if sch.get(b).name_hint == PW_FVEC_TAG]
-        if len(convs) != 1 or len([b for b in blocks if is_reduction(sch, b)]) != 1:
+        if len(convs) != 1 or sole_reduction(sch, blocks) is None:
             return None
         conv = convs[0]
         stmt = sch.get(conv)
