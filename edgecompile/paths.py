@@ -18,3 +18,12 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all: a temporary sibling, then a rename, so a reader (or a
+    run interrupted mid-write) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -80,7 +80,6 @@ LAYOUT = "edgecompile-cpu-1"
 @dataclass
 class Prepared:
     mod: Any  # fused Relax IRModule, weights bound as constants, no kernel scheduled yet
-    layout: str = LAYOUT
 
 
 def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], target) -> Prepared:
@@ -300,12 +299,13 @@ def head_to_head(tasks: list[Task], database, target, builder, runner,
         if sch is not None:
             pairs.append((schedule_one(_main_func(t.workload), target), sch.mod))
             where.append(i)
-    mods = [m for _ in range(rounds) for pair in pairs for m in pair]
-    secs = _measure(mods, target, builder, runner)
+    # Round after round: default, record, default, record, ... for every task.
+    secs = _measure([m for _ in range(rounds) for pair in pairs for m in pair], target, builder, runner)
+    per_round = 2 * len(pairs)
     out: list[tuple[float | None, float | None]] = [(None, None)] * len(tasks)
     for k, i in enumerate(where):
-        got = [(secs[2 * (r * len(pairs) + k)], secs[2 * (r * len(pairs) + k) + 1]) for r in range(rounds)]
-        out[i] = (_mean([d for d, _ in got]), _mean([c for _, c in got]))
+        first = [r * per_round + 2 * k for r in range(rounds)]  # this task's defaults
+        out[i] = (_mean([secs[j] for j in first]), _mean([secs[j + 1] for j in first]))
     return out
 
 
@@ -348,11 +348,10 @@ class Applied:
 
 
 def apply_records(prepared: Prepared, target, directory: Path,
-                  use: Callable[[Task, str, float], bool]) -> Applied:
-    """Schedule a task from its best record where ``use(task, workload_hash, record_seconds)``
-    says so (the
-    record measured faster than the default schedule); every other kernel is left for the
-    rules. Only the chosen records go into the database the module is scheduled from."""
+                  use: Callable[[str], bool]) -> Applied:
+    """Schedule a task from its best record where ``use(workload_hash)`` says so (the record
+    measured faster than the default schedule); every other kernel is left for the rules.
+    Only the chosen records go into the database the module is scheduled from."""
     ms = ms_module()
     tvm = load_tvm()
     from tvm import relax
@@ -370,7 +369,7 @@ def apply_records(prepared: Prepared, target, directory: Path,
         if secs is None:
             continue
         with_records += 1
-        if use(t, str(wl.as_json()[0]), secs):
+        if use(str(wl.as_json()[0])):
             r = best[0]
             chosen.commit_tuning_record(ms.database.TuningRecord(
                 r.trace, chosen.commit_workload(t.workload), r.run_secs, r.target, r.args_info))

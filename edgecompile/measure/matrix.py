@@ -350,9 +350,10 @@ def expand_models(names: list[str]) -> tuple[str, ...]:
 def run_matrix(opts: MatrixOptions, say=None) -> list[dict[str, Any]]:
     if not opts.models or not opts.targets:
         raise UsageError("matrix needs --models and --targets")
-    records = Farm(opts, say).run()
+    farm = Farm(opts, say)
+    records = farm.run()
     if opts.peak:
-        measure_peaks(opts, say or (lambda text: print(text, file=sys.stderr, flush=True)))
+        measure_peaks(opts, farm.say)
     return records
 
 

@@ -17,9 +17,6 @@ from edgecompile.errors import EdgeCompileError
 from edgecompile.listing import as_table
 from edgecompile.pipeline.artifact import Artifact
 
-CLASS_ORDER = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
-               "data_movement", "elementwise")
-
 
 def profile_kernels(a: Artifact, model, latency_median_ms: float, repeat: int = 5,
                     device_input=None) -> dict[str, Any]:
@@ -28,8 +25,9 @@ def profile_kernels(a: Artifact, model, latency_median_ms: float, repeat: int = 
     On this host (``device_input`` given, the model local) each kernel is also timed *in
     context* -- inside whole inferences, through the VM's instrument hook -- which is what its
     share of the latency really is: alone, with its inputs hot in its own core's cache and the
-    thread pool awake, a kernel runs faster than between its neighbours (on 2 cores, the
-    isolated times summed to 56-86% of the latency). Over RPC only the isolated times exist."""
+    thread pool awake, a kernel runs faster than between its neighbours (on this shared 2-core
+    machine the isolated times summed to 56-103% of the latency, depending on its load). Over
+    RPC only the isolated times exist."""
     table = a.kernel_table()
     if table is None or not a.kernels_library.is_file():
         raise EdgeCompileError(f"{a.path}: no kernel table (built before it existed, or with a "
@@ -85,8 +83,11 @@ def _rates(r: dict[str, Any], latency_ms: float) -> None:
 
 
 def class_summary(rows: list[dict[str, Any]], latency_ms: float) -> list[dict[str, Any]]:
+    # The classifier's own order (importing it loads TVM: only ever after kernels were timed).
+    from edgecompile.backend.kernels import OP_CLASSES
+
     out = []
-    for c in CLASS_ORDER:
+    for c in OP_CLASSES:
         members = [r for r in rows if r["op_class"] == c]
         if not members:
             continue

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.errors import EdgeCompileError
-from edgecompile.paths import file_sha256
+from edgecompile.paths import file_sha256, write_atomic
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -93,11 +93,7 @@ def describe_files(directory: Path, names: list[str]) -> dict[str, dict[str, Any
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Written whole or not at all: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from edgecompile.paths import write_atomic
 from edgecompile.report.rows import COLUMNS, NOT_A_LATENCY, cell
 
 _STYLE = """
@@ -73,9 +74,7 @@ def write_html(path: Path, rows: list[dict[str, Any]], plots: list[dict[str, Any
         parts.append("<h2>Skipped</h2><ul class='problems'>"
                      + "".join(f"<li>{e(x)}</li>" for x in problems) + "</ul>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
+    write_atomic(path, "\n".join(parts))
 
 
 def _table(members: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.errors import EdgeCompileError
+from edgecompile.paths import write_atomic
 from edgecompile.report.html import write_html
 from edgecompile.report.load import load_results
 from edgecompile.report.plots import make_plots
@@ -37,17 +38,11 @@ def make_report(results: list[Path], out_dir: Path) -> Report:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_dir = out_dir / "plots"
     plots = make_plots(rows, plot_dir)
-    _atomic(plot_dir / "plots.json", json.dumps(plots, indent=1) + "\n")
-    _atomic(out_dir / "summary.csv", _csv(rows))
-    _atomic(out_dir / "report.md", _markdown(rows, plots, loaded.problems, results))
+    write_atomic(plot_dir / "plots.json", json.dumps(plots, indent=1) + "\n")
+    write_atomic(out_dir / "summary.csv", _csv(rows))
+    write_atomic(out_dir / "report.md", _markdown(rows, plots, loaded.problems, results))
     write_html(out_dir / "index.html", rows, plots, plot_dir, loaded.problems, [str(r) for r in results])
     return Report(out_dir, rows, plots, loaded.problems)
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -32,6 +32,7 @@ import onnx
 
 from edgecompile.backend import compiler, core
 from edgecompile.errors import UsageError
+from edgecompile.paths import write_atomic
 from edgecompile.targets import TargetPreset
 
 KEY_FILE = "key.json"
@@ -122,9 +123,7 @@ def write_key(directory: Path, preset: TargetPreset, layout: str, threads: int, 
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -280,16 +279,11 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
             r[0] = renumber[idx]
             kept.append(json.dumps(r))
         trials[shashes[idx]] = {"trials": trials_done(directory, shashes[idx], len(recs)), "kept": len(best)}
-    _write_lines(rec_file, kept)
-    _write_lines(wl_file, [wl_lines[i] for i in sorted(by_wl)])
+    write_atomic(rec_file, "".join(line + "\n" for line in kept))
+    write_atomic(wl_file, "".join(wl_lines[i] + "\n" for i in sorted(by_wl)))
     _write_json(directory / TRIALS_FILE, trials)
     return len(lines), len(kept)
 
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +325,7 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     key = match.key or {}
     defaults = read_defaults(match.directory)
 
-    def use(_task, workload: str, _record_s: float) -> bool:
+    def use(workload: str) -> bool:
         # Decided by tune's head-to-head timing of the two (defaults.json), not by the
         # database's best, which was timed at another moment than the default.
         entry = defaults.get(workload, {})

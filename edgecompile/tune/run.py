@@ -179,23 +179,27 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     database = tt.open_database(directory)
     measured_on = (f"{core.host_cpu_model()} ({target_key(preset)['mcpu']})" if not remote
                    else f"RPC device {opts.key or opts.rpc} ({target_key(preset)['mcpu']})")
-    write_key(directory, preset, prepared.layout, threads, measured_on)
+    write_key(directory, preset, tt.LAYOUT, threads, measured_on)
     register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
     if opts.only:
         tasks = [t for t in tasks if t.name in opts.only]
 
     builder, runner = _measurers(opts, preset, remote)
+    # Defaults (and records against them) are timed as a build compiles them: for the preset's
+    # own target, not the tuning one; each task's entry in defaults.json is its workload hash.
+    build_target = compiler.make_target(preset.target, preset.host)
+    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
     # Local candidates run in worker processes whose TVM pool is sized from this variable
     # (TVM's own x86 default is half the CPUs): measure with the threads the records are for,
     # key.json's tuned_threads -- and leave the caller's environment as it was.
     with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
-        defaults = _default_latencies(tasks, database, directory, preset, builder, runner, stream)
+        defaults = _default_latencies(tasks, hashes, directory, build_target, builder, runner, stream)
         if opts.max_tasks:
             tasks = _costliest(tasks, database, target, defaults, opts.max_tasks)
 
         per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
         before = [tt.task_records(database, t, target) for t in tasks]
-        done = [trials_done(directory, tt.workload_hash(database, t), n) for t, (n, _) in
+        done = [trials_done(directory, hashes[t.name], n) for t, (n, _) in
                 zip(tasks, before, strict=True)]
         remaining = [max(0, per_task - n) for n in done]
         done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
@@ -211,9 +215,9 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                           trials_per_iter=opts.trials_per_iter, seed=opts.seed,
                           cost_model=opts.cost_model, search=opts.search)
         database = tt.open_database(directory)  # re-read: everything appended this run
-        decided = _decide(tasks, database, directory, preset, builder, runner, stream)
+        decided = _decide(tasks, hashes, database, directory, build_target, builder, runner, stream)
 
-    rows = [_task_row(t, st, database, directory, target, decided[t.name])
+    rows = [_task_row(t, st, database, directory, target, hashes[t.name], decided[t.name])
             for t, st in zip(tasks, states, strict=True)]
     if opts.compact:
         compact_records(directory)
@@ -240,19 +244,16 @@ def _measurers(opts: TuneOptions, preset, remote: bool):
     return builder, ms_measure.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
 
 
-def _default_latencies(tasks, database, directory: Path, preset, builder, runner,
-                       stream) -> dict[str, float | None]:
-    """Task name -> the default schedule's latency (ms) on the tuning device: what a record
-    must beat to be used. Measured once per workload, kept in defaults.json."""
+def _default_latencies(tasks, hashes: dict[str, str], directory: Path, build_target, builder,
+                       runner, stream) -> dict[str, float | None]:
+    """Task name -> the default schedule's latency (ms) on the tuning device: what ranks the
+    tasks for --focus. Measured once per workload, kept in defaults.json."""
     from edgecompile.backend import metaschedule as tt
 
     stored = read_defaults(directory)
-    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
     missing = [t for t in tasks if hashes[t.name] not in stored]
     if missing:
         stream.write(f"timing the default schedules of {len(missing)} tasks\n")
-        # Measured as the build compiles them: with the preset's target, not the tuning one.
-        build_target = compiler.make_target(preset.target, preset.host)
         for t, secs in zip(missing, tt.measure_defaults(missing, build_target, builder, runner),
                            strict=True):
             if secs is not None:
@@ -261,15 +262,14 @@ def _default_latencies(tasks, database, directory: Path, preset, builder, runner
     return {t.name: stored.get(hashes[t.name], {}).get("default_ms") for t in tasks}
 
 
-def _decide(tasks, database, directory: Path, preset, builder, runner, stream) -> dict[str, dict]:
+def _decide(tasks, hashes: dict[str, str], database, directory: Path, build_target, builder,
+            runner, stream) -> dict[str, dict]:
     """Each task's default schedule and best record timed head to head (backend.metaschedule.
     head_to_head), kept in defaults.json: what a build reads to use a record or not."""
     from edgecompile.backend import metaschedule as tt
 
     stored = read_defaults(directory)
-    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
     stream.write(f"timing {len(tasks)} tasks' default schedules against their best records\n")
-    build_target = compiler.make_target(preset.target, preset.host)
     for t, (d, r) in zip(tasks, tt.head_to_head(tasks, database, build_target, builder, runner),
                          strict=True):
         if d is not None and r is not None:
@@ -279,11 +279,12 @@ def _decide(tasks, database, directory: Path, preset, builder, runner, stream) -
     return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
 
 
-def _task_row(t, st, database, directory: Path, target, decided: dict[str, Any]) -> dict[str, Any]:
+def _task_row(t, st, database, directory: Path, target, shash: str,
+              decided: dict[str, Any]) -> dict[str, Any]:
     from edgecompile.backend import metaschedule as tt
 
     n, best = tt.task_records(database, t, target)
-    n = trials_done(directory, tt.workload_hash(database, t), n)
+    n = trials_done(directory, shash, n)
     best_ms = None if best is None else round(best * 1e3, 4)
     default_ms, record_ms = decided.get("default_ms"), decided.get("record_ms")
     wins = record_wins(default_ms, record_ms)

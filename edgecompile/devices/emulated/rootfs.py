@@ -45,6 +45,7 @@ from typing import Any
 from edgecompile.devices.emulated.mirror import debian_mirror
 from edgecompile.devices.emulated.tools import qemu_binary, require_packages, which
 from edgecompile.errors import EdgeCompileError
+from edgecompile.paths import write_atomic
 from edgecompile.progress import StageProgress
 
 # What the rootfs is. Bump RECIPE when the recipe changes so existing caches are redone.
@@ -95,9 +96,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def is_ready(root: Path | None = None) -> bool:
