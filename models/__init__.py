@@ -4,6 +4,7 @@ Importing this package registers every variant; see ``_registry`` for the API.
 """
 
 from ._registry import (
+    FLAGSHIPS,
     ModelInfo,
     create_model,
     get_model_info,
@@ -21,6 +22,7 @@ from . import fasternet, mobilenext  # noqa: E402,F401
 # isort: on
 
 __all__ = [
+    "FLAGSHIPS",
     "ModelInfo",
     "create_model",
     "get_model_info",

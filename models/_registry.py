@@ -73,6 +73,11 @@ def register_model(
     return wrap
 
 
+# One reference variant per family: what the benchmarks and the shipped tuning records cover.
+FLAGSHIPS = ("squeezenet1_1", "mobilenet_v1_100", "mobilenet_v2_100", "shufflenet_v1_g3",
+             "shufflenet_v2_x1_0", "fasternet_t0", "mobilenext_100")
+
+
 def list_models(family: str | None = None) -> list[str]:
     if family is not None and family not in list_families():
         raise UnknownNameError("family", family, list_families())

@@ -18,12 +18,9 @@ from pathlib import Path
 
 from edgecompile.listing import as_table
 from edgecompile.measure import compare
-from edgecompile.models import list_models
+from edgecompile.models import FLAGSHIPS, list_models
 from edgecompile.pipeline.build import build
 from edgecompile.pipeline.spec import BuildOptions
-
-FLAGSHIPS = ["squeezenet1_1", "mobilenet_v1_100", "mobilenet_v2_100", "shufflenet_v1_g3",
-             "shufflenet_v2_x1_0", "fasternet_t0", "mobilenext_100"]
 
 
 def main(argv: list[str] | None = None) -> int:

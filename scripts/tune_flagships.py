@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_vs_ort import FLAGSHIPS
-
+from edgecompile.models import FLAGSHIPS
 from edgecompile.tune.run import TuneOptions, format_tasks, tune
 
 
