@@ -115,6 +115,10 @@ def make_conv2d_legalizer(target: Target):
         if pointwise:
             vl = split_vector(row, lanes, 4)[1]
             row_util = vl / lanes if row >= lanes else row / lanes
+            # LLVM splits a vector of vl lanes into power-of-two pieces (14 = 8 + 4 + 2 loads,
+            # FMAs and shuffles): count what the pieces cost, not the lanes they fill. ShuffleNet
+            # v2's 116->116 @14x14: 14-wide rows 95 GFLOP/s, channels padded to 128: 165.
+            row_util /= bin(vl).count("1")
         else:
             vl = split_vector(row, lanes, 4)[1]
             row_util = vl / lanes if row >= lanes else row / lanes
@@ -220,6 +224,12 @@ def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: in
         unit = lanes
         wp = cv.w + cv.pl + cv.pr + extra
         extra += -(-wp // unit) * unit - wp
+    elif cv.sw > 1:
+        # The schedule stores a strided conv's input deinterleaved ([.., w % s, w // s]) only when
+        # the padded row divides by the stride; otherwise every tap is a strided (gathered) load.
+        # (SqueezeNet's stem: 224 + 1 column for the rounded-up row = 225, not deinterleaved.)
+        wp = cv.w + cv.pl + cv.pr + extra
+        extra += -wp % cv.sw
     wconst = relax.const(wnp, cv.dtype)
 
     def compute(data, weight):
