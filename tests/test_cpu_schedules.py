@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
+from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.stages.compile import compile_onnx
 from edgecompile.targets import TargetPreset
@@ -53,8 +54,8 @@ def _model(nodes, inits, in_shape) -> onnx.ModelProto:
     return m
 
 
-def conv(cin, cout, hw, k=1, stride=1, groups=1, act=None, residual=False):
-    pad = k // 2
+def conv(cin, cout, hw, k=1, stride=1, groups=1, act=None, residual=False, pad=None):
+    pad = k // 2 if pad is None else pad
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k],
                               strides=[stride, stride], pads=[pad] * 4, group=groups)]
     inits = [_w("w", (cout, cin // groups, k, k)), _b("b", cout)]
@@ -95,13 +96,43 @@ def shuffle(c, groups, hw):
     return _model(nodes, [s1, s2], [1, c, hw, hw])
 
 
+def fire(cin, squeeze, expand, hw, pool=False):
+    """SqueezeNet's fire module, then the next squeeze conv: the concat of the two expand convs
+    feeds a conv (or a max-pool, then the conv): the graph rewrite removes the concat
+    (concat_split.py: the conv takes the pieces with its weight split, the pool goes first)."""
+    nodes = [helper.make_node("Conv", ["x", "ws", "bs"], ["s"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["s"], ["sr"]),
+             helper.make_node("Conv", ["sr", "w1", "b1"], ["e1"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["e1"], ["e1r"]),
+             helper.make_node("Conv", ["sr", "w3", "b3"], ["e3"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["e3"], ["e3r"]),
+             helper.make_node("Concat", ["e1r", "e3r"], ["cat"], axis=1)]
+    last = "cat"
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["cat"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                                      ceil_mode=1))
+        last = "p"
+    nodes += [helper.make_node("Conv", [last, "wn", "bn"], ["n"], kernel_shape=[1, 1]),
+              helper.make_node("Relu", ["n"], ["y"])]
+    inits = [_w("ws", (squeeze, cin, 1, 1)), _b("bs", squeeze), _w("w1", (expand, squeeze, 1, 1)),
+             _b("b1", expand), _w("w3", (expand, squeeze, 3, 3)), _b("b3", expand),
+             _w("wn", (squeeze, 2 * expand, 1, 1)), _b("bn", squeeze)]
+    return _model(nodes, inits, [1, cin, hw, hw])
+
+
 CASES = {
+    "fire module, concat -> 1x1 conv @13": fire(32, 16, 64, 13),
+    "fire module, concat -> maxpool (ceil) -> 1x1 conv @27": fire(64, 16, 64, 27, pool=True),
+    "pointwise 512->512 @14 (MobileNet v1)": conv(512, 512, 14, act="relu6"),
+    "pointwise 116->116 @14 (odd-width rows: channels padded to a register)": conv(116, 116, 14),
     "pointwise 24->58 @14 (58: no vector width divides it)": conv(24, 58, 14),
     "pointwise 116->116 @7 + relu": conv(116, 116, 7, act="relu"),
     "pointwise 64->1000 @1 (a classifier as a 1x1 conv, 1x1 map)": conv(64, 1000, 1),
     "pointwise 512->1000 @13 (SqueezeNet's head)": conv(512, 1000, 13, act="relu"),
     "pointwise 32->32 @28 + relu6 + residual": conv(32, 32, 28, act="relu6", residual=True),
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
+    "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
+        conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
     "depthwise 3x3 s1 58 @7": conv(58, 58, 7, k=3, groups=58),
     "depthwise 3x3 s2 144 @56 + relu6": conv(144, 144, 56, k=3, stride=2, groups=144, act="relu6"),
@@ -136,6 +167,23 @@ def test_rule_matches_onnxruntime(case, width, tmp_path):
     got = runtime.load_local(lib.path, "cpu", "x").run(x)
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=1e-4 * scale + 1e-5)
+
+
+def test_fire_module_runs_without_concat(tmp_path):
+    """The concat of a fire module is gone from the compiled graph (its consumers read the
+    pieces), and the partial convolutions keep bias, sum and activation in one kernel."""
+    preset = TargetPreset(name="test", description="", device="cpu",
+                          target={"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    for i, case in enumerate(("fire module, concat -> 1x1 conv @13",
+                              "fire module, concat -> maxpool (ceil) -> 1x1 conv @27")):
+        model = CASES[case]
+        shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+        table = compile_onnx(model, "x", shape, preset, tmp_path / f"{i}.so", records="none").kernel_table
+        names = [k["name"] for k in table["kernels"]]
+        assert not [n for n in names if "concat" in n], (case, names)
+        assert [n for n in names if n.endswith(CONCAT_PART_SUFFIX)], (case, names)
+        # No kernel holds only a bias add / activation: they went into a convolution.
+        assert not [n for n in names if n.startswith("fused_add")], (case, names)
 
 
 def test_every_kernel_is_scheduled_not_left_naive(tmp_path):

@@ -35,6 +35,23 @@ def _calls(table) -> Counter:
     return c
 
 
+def _pieces(model) -> list[int]:
+    """Per ONNX Conv, the kernels it compiles to: a groups-1 conv that reads a Concat (directly
+    or through a MaxPool) becomes one partial conv per concatenated tensor (concat_split.py)."""
+    nodes = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Conv":
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        src = nodes.get(n.input[0])
+        if src is not None and src.op_type == "MaxPool":
+            src = nodes.get(src.input[0])
+        grouped = "group" in attrs and attrs["group"].i > 1
+        out.append(len(src.input) if src is not None and src.op_type == "Concat" and not grouped else 1)
+    return out
+
+
 def _convs(model) -> list:
     """(group, kernel taps, input is a Split output, output goes to a Concat) per ONNX Conv."""
     produced = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -71,7 +88,8 @@ def test_fasternet_partial_convolutions_are_pconv():
     assert partial == 1 + 2 + 8 + 2  # one PConv per FasterNet block, depths (1, 2, 8, 2)
     c = _calls(table)
     assert c["pconv"] == partial
-    assert c["pointwise"] == sum(1 for g, taps, s, j in convs if taps == 1 and not (s and j))
+    assert c["pointwise"] == sum(k for (g, taps, s, j), k in zip(convs, _pieces(model), strict=True)
+                                 if taps == 1 and not (s and j))
     assert c["conv"] == sum(1 for g, taps, s, j in convs if taps > 1 and not (s and j))
     assert c["depthwise"] == c["grouped"] == 0
 
@@ -115,7 +133,11 @@ def test_squeezenet_fire_modules():
     convs = _convs(model)
     c = _calls(table)
     assert c["conv"] == sum(1 for g, taps, *_ in convs if taps > 1)
-    assert c["pointwise"] == sum(1 for g, taps, *_ in convs if taps == 1)
+    # The squeeze convs and the classifier read a concat: one partial conv per expand branch.
+    assert c["pointwise"] == sum(k for (g, taps, *_), k in zip(convs, _pieces(model), strict=True)
+                                 if taps == 1)
+    assert c["pointwise"] > sum(1 for g, taps, *_ in convs if taps == 1)
+    assert not [k for k in table["kernels"] if "concat" in k["name"]]
     assert c["pooling"] >= 3  # three max pools, the global average
 
 

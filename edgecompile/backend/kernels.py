@@ -16,7 +16,7 @@ from typing import Any
 import tvm_ffi
 
 from edgecompile.backend.core import load_tvm
-from edgecompile.backend.cpu_schedules.tags import CONV_TAG, PW_FVEC_TAG
+from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX, CONV_TAG, PW_FVEC_TAG
 
 OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
               "data_movement", "elementwise")
@@ -94,7 +94,9 @@ def _is_partial(inputs, output, producer, consumers) -> bool:
     """FasterNet's PConv: the convolution reads a slice a Split (or strided slice) made and its
     result is concatenated back with the untouched channels."""
     sliced = any(_moves_with(producer.get(v, ""), ("split", "slice")) for v in inputs)
-    joined = any(_moves_with(c, ("concatenate",)) for c in consumers.get(output, []))
+    # Concatenated, or read by the convolution that took the concat's place (concat_split.py).
+    joined = any(_moves_with(c, ("concatenate",)) or c.endswith(CONCAT_PART_SUFFIX)
+                 for c in consumers.get(output, []))
     return sliced and joined
 
 

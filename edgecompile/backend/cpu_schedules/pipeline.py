@@ -13,6 +13,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 from tvm.target import Target
 
+from .concat_split import keep_parts_unfused, split_concat
 from .legalize import make_legalize_map
 from .rules import Conv2DNCHW, Dense, Fallback, PointwiseFVec
 from .rules.common import SafeRule
@@ -26,11 +27,14 @@ def schedule_rules() -> list:
 
 
 def fuse_passes(target: Target) -> list:
-    """Legalise (our conv2d / erf: weights re-blocked here, once) and fuse: the kernels the
+    """No concat before a conv or max-pool (concat_split.py), legalise (our conv2d / erf: weights
+    re-blocked here, once) and fuse: the kernels the
     rules schedule, and the tasks tuning searches (backend.metaschedule.prepare)."""
     return [
+        split_concat(),
         relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
+        keep_parts_unfused(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

@@ -1,3 +1,6 @@
 """Block names that legalize.py gives its TE computes and that the schedule rules look for."""
 PW_FVEC_TAG = "edge_pw_fvec"  # pointwise conv, vector along output channels (blocked weights)
 CONV_TAG = "edge_conv"  # NCHW conv (regular / grouped / depthwise), vector along the row
+# A partial convolution that stands for one piece of a removed concat (concat_split.py) is
+# its own kernel, named after its function with this suffix.
+CONCAT_PART_SUFFIX = "_part"
