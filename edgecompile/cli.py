@@ -146,6 +146,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
         input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
+        recheck=args.recheck,
     ))
     print(json.dumps(result.to_dict()) if args.format == "json" else tune_run.format_tasks(result))
     return 0
@@ -306,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--records-dir", type=Path,
                    help="records root (default: $EDGECOMPILE_TUNING_DIR or the repo's tuning/)")
     s.add_argument("--seed", type=int, help="search seed")
+    s.add_argument("--recheck", action="store_true",
+                   help="no search: time the stored records against today's default schedules "
+                        "again (after an upgrade, builds skip records until this has run)")
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_tune)

@@ -28,10 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="cores the models will run on (default: all here)")
     p.add_argument("--records-dir", type=Path, help="records root (default: the shipped tuning/)")
     p.add_argument("--results", type=Path, help="append the JSON lines here too")
+    p.add_argument("--recheck", action="store_true",
+                   help="no search: re-time the stored records against the default schedules")
     args = p.parse_args(argv)
     for name in args.models or FLAGSHIPS:
         r = tune(TuneOptions(name, args.target, trials_per_task=args.trials_per_task,
-                             max_tasks=args.focus, threads=args.threads, root=args.records_dir))
+                             max_tasks=args.focus, threads=args.threads, root=args.records_dir,
+                             recheck=args.recheck))
         print(format_tasks(r), file=sys.stderr)
         used = sum(1 for t in r.tasks if t["record_used"])
         line = {"model": name, "target": args.target, "seconds": round(r.seconds, 1),

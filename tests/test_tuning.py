@@ -78,6 +78,7 @@ def test_defaults_are_measured_for_every_task(tuned):
     defaults = tuning.read_defaults(d)
     assert len(defaults) == registered["tasks"]
     assert all(0 < v["default_ms"] < 1000 for v in defaults.values())
+    assert all(len(v["default_schedule"]) == 16 for v in defaults.values())
     for row in r.tasks:
         assert row["record_used"] == tuning.record_wins(row["default_ms"], row["record_ms"])
         assert row["record_ms"] is not None  # timed head to head with the default
@@ -120,6 +121,28 @@ def test_records_slower_than_the_defaults_are_not_applied(tuned, tmp_path, monke
     t = a.manifest["tuning"]
     assert t["records"] is None and t["searched"] == [str(d)] and t["tasks_tuned"] == 0
     assert "beat the default" in t["reason"]
+
+
+def test_records_timed_against_another_default_wait_for_a_recheck(tuned, tmp_path, monkeypatch):
+    """A record won against the default schedule of its day; once the rules give that kernel
+    another schedule, the comparison says nothing: the build keeps the default and counts the
+    record as stale, until `tune --recheck` has timed the two against each other again."""
+    root, first = tuned
+    d = _with_defaults(root, tmp_path / "old-rules", 1e3)
+    defaults = tuning.read_defaults(d)
+    tuning.write_defaults(d, {k: v | {"default_schedule": "0" * 16} for k, v in defaults.items()})
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "a", input_size=SIZE), quiet=True)
+    t = a.manifest["tuning"]
+    assert t["records"] is None and t["tasks_tuned"] == 0 and t["tasks_stale"] == TASKS
+
+    again = tune_run.tune(dataclasses.replace(_opts(d.parent), max_tasks=None, recheck=True))
+    assert again.trials_run == 0  # no search, only the head-to-head
+    assert sorted(r["task"] for r in again.tasks) == sorted(r["task"] for r in first.tasks)
+    rechecked = tuning.read_defaults(d)
+    assert all(v["default_schedule"] != "0" * 16 for v in rechecked.values())
+    timed = [k for k, v in defaults.items() if "record_ms" in v]
+    assert timed and all(rechecked[k]["record_ms"] > 0 for k in timed)
 
 
 def test_records_travel_within_an_isa_class_only(tuned, tmp_path, monkeypatch):

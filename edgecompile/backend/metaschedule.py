@@ -283,6 +283,20 @@ def measure_defaults(tasks: list[Task], target, builder, runner) -> list[float |
                     builder, runner)
 
 
+def default_schedule_id(task: Task, target) -> str:
+    """A fingerprint of the default schedule the rules give this task now. defaults.json keeps
+    the one a record was timed against: when the rules change (a better tile, say), that
+    head-to-head no longer says anything, and a record that beat the old default may lose to
+    the new one (MobileNet v1's 512->512 @14x14 went from 303 to 485 GFLOP/s)."""
+    load_tvm()
+    import tvm_ffi
+
+    from edgecompile.backend.cpu_schedules import schedule_one
+
+    mod = schedule_one(_main_func(task.workload), target)
+    return f"{tvm_ffi.structural_hash(mod) & (2**64 - 1):016x}"
+
+
 def head_to_head(tasks: list[Task], database, target, builder, runner,
                  rounds: int = 2) -> list[tuple[float | None, float | None]]:
     """(default, best record) seconds per task, timed back to back, alternating, ``rounds``
@@ -348,9 +362,9 @@ class Applied:
 
 
 def apply_records(prepared: Prepared, target, directory: Path,
-                  use: Callable[[str], bool]) -> Applied:
-    """Schedule a task from its best record where ``use(workload_hash)`` says so (the record
-    measured faster than the default schedule); every other kernel is left for the rules.
+                  use: Callable[[str, Task], bool]) -> Applied:
+    """Schedule a task from its best record where ``use(workload_hash, task)`` says so (the
+    record measured faster than the default schedule); every other kernel is left for the rules.
     Only the chosen records go into the database the module is scheduled from."""
     ms = ms_module()
     tvm = load_tvm()
@@ -369,7 +383,7 @@ def apply_records(prepared: Prepared, target, directory: Path,
         if secs is None:
             continue
         with_records += 1
-        if use(str(wl.as_json()[0])):
+        if use(str(wl.as_json()[0]), t):
             r = best[0]
             chosen.commit_tuning_record(ms.database.TuningRecord(
                 r.trace, chosen.commit_workload(t.workload), r.run_secs, r.target, r.args_info))

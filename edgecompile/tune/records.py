@@ -36,8 +36,9 @@ from edgecompile.paths import write_atomic
 from edgecompile.targets import TargetPreset
 
 KEY_FILE = "key.json"
-# Workload hash -> {"task", "default_ms", "record_ms"}: the default schedule's latency and the
-# best record's, timed head to head by tune on the tuning device.
+# Workload hash -> {"task", "default_ms", "record_ms", "default_schedule"}: the default schedule's
+# latency and the best record's, timed head to head by tune on the tuning device, and which
+# default schedule that was (backend.metaschedule.default_schedule_id).
 DEFAULTS_FILE = "defaults.json"
 # A record is used where its latency is below this share of the default's: timings of one
 # kernel vary by a few percent run to run, and a record that only ties is not worth the risk
@@ -325,11 +326,19 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     key = match.key or {}
     defaults = read_defaults(match.directory)
 
-    def use(workload: str) -> bool:
+    stale: list[str] = []
+
+    def use(workload: str, task) -> bool:
         # Decided by tune's head-to-head timing of the two (defaults.json), not by the
-        # database's best, which was timed at another moment than the default.
+        # database's best, which was timed at another moment than the default; and only while
+        # the default is still the schedule it was timed against (`tune --recheck` re-times).
         entry = defaults.get(workload, {})
-        return record_wins(entry.get("default_ms"), entry.get("record_ms"))
+        if not record_wins(entry.get("default_ms"), entry.get("record_ms")):
+            return False
+        if entry.get("default_schedule") != tt.default_schedule_id(task, target):
+            stale.append(task.name)
+            return False
+        return True
 
     prepared = tt.prepare(model, input_name, input_shape, target)
     applied = tt.apply_records(prepared, target, match.directory, use)
@@ -341,6 +350,9 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
         "tasks_total": applied.total, "tasks_with_records": applied.with_records,
         "tasks_tuned": len(applied.applied),
     }
+    if stale:
+        # Records that won against a default schedule the rules no longer produce.
+        section["tasks_stale"] = len(stale)
     if not applied.applied:
         section |= {"records": None, "searched": [section["records"]],
                     "reason": "no record of this model beat the default schedule it would replace"}

@@ -53,6 +53,9 @@ class TuneOptions:
     compact: bool = True  # keep only the best records per task at the end (repo size)
     search: str = "evolutionary"  # or "replay-trace" (random schedules; tiny runs, tests)
     builder: str = "inprocess"  # or "pool" (MetaSchedule's LocalBuilder with our build function)
+    # No search: time the default schedules and the records already stored against each other
+    # again (after an upgrade changed the default schedules, builds skip the records until then).
+    recheck: bool = False
 
 
 @dataclass
@@ -194,14 +197,16 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     # key.json's tuned_threads -- and leave the caller's environment as it was.
     with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
         defaults = _default_latencies(tasks, hashes, directory, build_target, builder, runner, stream)
-        if opts.max_tasks:
+        if opts.recheck:
+            tasks = [t for t in tasks if tt.task_records(database, t, target)[0] > 0]
+        elif opts.max_tasks:
             tasks = _costliest(tasks, database, target, defaults, opts.max_tasks)
 
         per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
         before = [tt.task_records(database, t, target) for t in tasks]
         done = [trials_done(directory, hashes[t.name], n) for t, (n, _) in
                 zip(tasks, before, strict=True)]
-        remaining = [max(0, per_task - n) for n in done]
+        remaining = [0 if opts.recheck else max(0, per_task - n) for n in done]
         done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
         states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
         reused = sum(1 for n, _ in before if n > 0)
@@ -251,13 +256,17 @@ def _default_latencies(tasks, hashes: dict[str, str], directory: Path, build_tar
     from edgecompile.backend import metaschedule as tt
 
     stored = read_defaults(directory)
-    missing = [t for t in tasks if hashes[t.name] not in stored]
+    ids = {t.name: tt.default_schedule_id(t, build_target) for t in tasks}
+    # Timed again where the rules now give the task another schedule than the one timed then.
+    missing = [t for t in tasks
+               if stored.get(hashes[t.name], {}).get("default_schedule") != ids[t.name]]
     if missing:
         stream.write(f"timing the default schedules of {len(missing)} tasks\n")
         for t, secs in zip(missing, tt.measure_defaults(missing, build_target, builder, runner),
                            strict=True):
             if secs is not None:
-                stored[hashes[t.name]] = {"task": t.name, "default_ms": round(secs * 1e3, 5)}
+                stored[hashes[t.name]] = {"task": t.name, "default_ms": round(secs * 1e3, 5),
+                                          "default_schedule": ids[t.name]}
         write_defaults(directory, stored)
     return {t.name: stored.get(hashes[t.name], {}).get("default_ms") for t in tasks}
 
@@ -274,7 +283,8 @@ def _decide(tasks, hashes: dict[str, str], database, directory: Path, build_targ
                          strict=True):
         if d is not None and r is not None:
             stored[hashes[t.name]] = {"task": t.name, "default_ms": round(d * 1e3, 5),
-                                      "record_ms": round(r * 1e3, 5)}
+                                      "record_ms": round(r * 1e3, 5),
+                                      "default_schedule": tt.default_schedule_id(t, build_target)}
     write_defaults(directory, stored)
     return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
 
