@@ -152,3 +152,4 @@ def test_flops_are_the_models_macs_times_two():
                 if k["op_class"] in ("conv", "pointwise", "depthwise", "dense"))
     macs = counting.count_macs(g.model, SIZE)
     assert heavy == pytest.approx(2 * macs, rel=0.05)
+

@@ -111,6 +111,12 @@ def test_build_applies_records_that_win_and_says_so(tuned, tmp_path, monkeypatch
     assert t["tasks_total"] == registered["tasks"] > TASKS
     r = verify(a.path, samples=2)  # tuned kernels beside the default ones still agree
     assert r.ok, (r.onnx, r.tvm)
+    # The kernel table reads the kernels unscheduled: a tuned kernel keeps its operator class.
+    plain = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "plain", input_size=SIZE,
+                               records="none"), quiet=True)
+    assert {k["name"]: k["op_class"] for k in a.kernel_table()["kernels"]} == \
+        {k["name"]: k["op_class"] for k in plain.kernel_table()["kernels"]}
+
 
 
 def test_records_slower_than_the_defaults_are_not_applied(tuned, tmp_path, monkeypatch):

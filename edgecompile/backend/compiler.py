@@ -67,7 +67,7 @@ def schedules(target, pipeline: str = "default") -> str:
 
 
 def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
-                   kernel_table: dict[str, Any] | None = None):
+                   kernel_table: dict[str, Any] | None = None, table_from=None):
     """Relax module -> executable. The "default" pipeline legalises, fuses and schedules every
     kernel: on CPUs with our rules (cpu_schedules: TVM 0.27 has no CPU schedules of its own,
     and a kernel already scheduled, e.g. from tuning records, keeps its schedule), on GPUs with
@@ -75,14 +75,15 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
     pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched. ``fused``: a
     CPU module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned).
     ``kernel_table``: a dict filled with the kernels' table (backend.kernels) as they are
-    fused, before scheduling (our pipelines only)."""
+    fused, before scheduling (our pipelines only); from ``table_from`` where given: ``mod``
+    unscheduled, when some of its kernels are scheduled already (tuning records)."""
     tvm = load_tvm()
     from edgecompile.backend.kernels import keep_called
     from edgecompile.backend.kernels import kernel_table as table_of
 
     def on_fused(fused_mod) -> None:
         if kernel_table is not None:
-            kernel_table.update(table_of(fused_mod))
+            kernel_table.update(table_of(table_from if table_from is not None else fused_mod))
 
     def on_lowered(lowered_mod) -> None:
         if kernel_table:

@@ -311,16 +311,17 @@ def records_for_model(model: onnx.ModelProto, input_shape: tuple[int, ...], pres
 
 def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...],
                          preset: TargetPreset, target, mode: str = "isa", root: Path | None = None):
-    """(module to compile, manifest "tuning" section): the prepared module with the records
-    that beat the default schedules applied, or (None, section) when none apply and the build
-    takes its ordinary path."""
+    """(module to compile, manifest "tuning" section, the same module unscheduled): the
+    prepared module with the records that beat the default schedules applied, or (None,
+    section, None) when none apply and the build takes its ordinary path. The unscheduled one
+    is what the kernel table reads (a tuned kernel's blocks no longer say what it computes)."""
     match = records_for_model(model, input_shape, preset, root, mode)
     section: dict[str, Any] = {"mode": mode}
     if match.directory is None:
         section |= {"records": None, "reason": match.reason}
         if match.searched:
             section["searched"] = [_display_path(d) for d in match.searched]
-        return None, section
+        return None, section, None
     from edgecompile.backend import metaschedule as tt
 
     key = match.key or {}
@@ -356,8 +357,8 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     if not applied.applied:
         section |= {"records": None, "searched": [section["records"]],
                     "reason": "no record of this model beat the default schedule it would replace"}
-        return None, section
-    return applied.mod, section
+        return None, section, None
+    return applied.mod, section, prepared.mod
 
 
 def database_digest(directory: Path) -> str:

@@ -38,13 +38,15 @@ def compile_onnx(
 ) -> CompiledLibrary:
     target = compiler.make_target(preset.target, preset.host)
     # Tuning records for this preset on this CPU or its ISA class (see edgecompile.tune.records).
-    mod, tuning = (compile_with_records(model, input_name, input_shape, preset, target, records)
-                   if pipeline == "default" else (None, {"records": None, "reason": f"pipeline {pipeline}"}))
+    mod, tuning, unscheduled = (
+        compile_with_records(model, input_name, input_shape, preset, target, records)
+        if pipeline == "default" else (None, {"records": None, "reason": f"pipeline {pipeline}"}, None))
     fused = mod is not None  # the records' module is legalised and fused already
     if mod is None:
         mod = compiler.import_onnx(model, input_name, input_shape)
     table: dict[str, Any] = {}
-    executable = compiler.compile_module(mod, target, pipeline, fused=fused, kernel_table=table)
+    executable = compiler.compile_module(mod, target, pipeline, fused=fused, kernel_table=table,
+                                         table_from=unscheduled)
     kernels = compiler.device_kernels(executable, preset.device)
     if kernels and kernels["on_host"]:
         raise EdgeCompileError(
