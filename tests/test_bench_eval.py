@@ -128,6 +128,10 @@ def test_bench_cli_json_and_compare(artifact, tmp_path):
     assert set(engines) == {"tvm", "onnxruntime", "torch"} and engines["tvm"]["tvm_ratio"] == 1.0
     for e in ("onnxruntime", "torch"):
         assert engines[e]["tvm_ratio"] == pytest.approx(engines["tvm"]["median_ms"] / engines[e]["median_ms"])
+        assert engines[e]["tvm_ratio_best_round"] == pytest.approx(
+            engines["tvm"]["best_round_ms"] / engines[e]["best_round_ms"])
+        # The quietest round's median: a real run time, below the slowest tenth of all runs.
+        assert 0 < engines[e]["best_round_ms"] <= engines[e]["p90_ms"]
     assert json.loads(results.read_text().splitlines()[-1]) == record
     assert record["profile"]["repeat"] == 2 and record["profile"]["kernels"]
     trace = json.loads((tmp_path / "trace.json").read_text())
