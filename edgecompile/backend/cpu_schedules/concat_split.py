@@ -3,9 +3,10 @@
 SqueezeNet's fire modules concatenate their two expand convolutions and feed the result to the
 next squeeze convolution (or a max-pool, then the squeeze); FasterNet's PConv concatenates the
 convolved quarter with the untouched rest and feeds a pointwise convolution. The concat is a
-pure copy of the largest tensors of those models, and in a run it reads what the convolutions
-before it just wrote, from L3 rather than L2: 15 us per SqueezeNet concat timed alone, 100-130
-us in the model (in-context kernel profile). Both consumers can take the pieces instead:
+pure copy of the largest tensors of those models (SqueezeNet: 15 us per concat timed alone,
+100-130 us inside a run, where it reads what the convolutions before it just wrote; removing
+all eight made the whole model 2-7% faster here, so most of that in-context time was the
+neighbours'). Both consumers can take the pieces instead:
 
 * conv2d(concat(a, b), W) = conv2d(a, W[:, :Ca]) + conv2d(b, W[:, Ca:])  (groups 1, constant
   weights: the weight is split once, at build time; the sum is fused into the second
