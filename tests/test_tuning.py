@@ -119,6 +119,23 @@ def test_build_applies_records_that_win_and_says_so(tuned, tmp_path, monkeypatch
 
 
 
+def test_tuned_channel_vector_kernel_keeps_its_class(tmp_path, monkeypatch):
+    """A kernel scheduled from a record has its blocks renamed (edge_pw_fvec_update): the
+    kernel table still says pointwise (it read the kernels unscheduled), not pooling."""
+    plain = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "plain", input_size=SIZE,
+                               records="none"), quiet=True)
+    classes = {k["name"]: k["op_class"] for k in plain.kernel_table()["kernels"]}
+    fvec = sorted(n for n, c in classes.items() if c == "pointwise" and "conv2d_cv" in n)[0]
+    root = tmp_path / "records"
+    tune_run.tune(dataclasses.replace(_opts(root), max_tasks=None, only=(fvec,), trials_per_task=2,
+                                      trials_per_iter=2))
+    d = _with_defaults(root, tmp_path / "slow-defaults", 1e3)
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "tuned", input_size=SIZE), quiet=True)
+    assert a.manifest["tuning"]["tasks_tuned"] == 1
+    assert {k["name"]: k["op_class"] for k in a.kernel_table()["kernels"]} == classes
+
+
 def test_records_slower_than_the_defaults_are_not_applied(tuned, tmp_path, monkeypatch):
     root, _ = tuned
     d = _with_defaults(root, tmp_path / "fast-defaults", 1e-9)
