@@ -136,6 +136,36 @@ def test_tuned_channel_vector_kernel_keeps_its_class(tmp_path, monkeypatch):
     assert {k["name"]: k["op_class"] for k in a.kernel_table()["kernels"]} == classes
 
 
+def test_compaction_interrupted_between_its_renames_is_finished(tuned, tmp_path, monkeypatch):
+    """Compaction renumbers the records to the workloads it keeps, so the two files change
+    together. Interrupted after the records file was renamed and before the workloads file
+    was, the database would pair records with the wrong workloads; the journal lets the next
+    reader (a build here) finish the swap."""
+    from edgecompile.backend.metaschedule import RECORD_FILE, WORKLOAD_FILE
+
+    root, _ = tuned
+    d = _with_defaults(root, tmp_path / "uncompacted", 1e3)
+    # An uncompacted database: one workload without records at index 0, the records after it.
+    wl = (d / WORKLOAD_FILE).read_text().splitlines()
+    (d / WORKLOAD_FILE).write_text("\n".join([wl[0]] + wl) + "\n")
+    recs = [json.loads(line) for line in (d / RECORD_FILE).read_text().splitlines() if line.strip()]
+    (d / RECORD_FILE).write_text("".join(json.dumps([r[0] + 1] + r[1:]) + "\n" for r in recs))
+
+    finish = tuning.finish_compaction
+    monkeypatch.setattr(tuning, "finish_compaction", lambda directory: None)  # "interrupted"
+    tuning.compact_records(d)
+    journal = json.loads((d / tuning.COMPACTION_JOURNAL).read_text())
+    (d / journal[RECORD_FILE]).replace(d / RECORD_FILE)  # the first rename happened, not the second
+    monkeypatch.setattr(tuning, "finish_compaction", finish)
+
+    monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+    a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / "a", input_size=SIZE), quiet=True)
+    assert not (d / tuning.COMPACTION_JOURNAL).exists()
+    assert (d / WORKLOAD_FILE).read_text().splitlines() == wl
+    assert a.manifest["tuning"]["tasks_tuned"] == TASKS
+    assert verify(a.path, samples=1).ok
+
+
 def test_records_slower_than_the_defaults_are_not_applied(tuned, tmp_path, monkeypatch):
     root, _ = tuned
     d = _with_defaults(root, tmp_path / "fast-defaults", 1e-9)

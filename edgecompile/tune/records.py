@@ -45,6 +45,7 @@ DEFAULTS_FILE = "defaults.json"
 # of a schedule that was measured once.
 RECORD_MARGIN = 0.95
 RECORD_MODES = ("exact", "isa", "none")
+COMPACTION_JOURNAL = ".compaction.json"  # while compact_records swaps files: {file: new file}
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
 # Graph fingerprint -> the model tuned into this database. A build looks its graph up here
 # first: a dictionary lookup instead of a task extraction (5-10 s) for the many models that
@@ -137,6 +138,10 @@ class RecordMatch:
 
 
 def _usable(d: Path) -> tuple[dict[str, Any] | None, str]:
+    try:
+        finish_compaction(d)
+    except OSError as e:
+        return None, f"records at {d}: an interrupted compaction could not be finished ({e})"
     key = read_key(d)
     if key is None or not (d / "database_tuning_record.json").is_file():
         return None, f"no records at {d}"
@@ -256,6 +261,7 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
     Returns (records before, after). Plain JSON: no TVM needed."""
     from edgecompile.backend.metaschedule import RECORD_FILE, WORKLOAD_FILE
 
+    finish_compaction(directory)
     wl_file, rec_file = directory / WORKLOAD_FILE, directory / RECORD_FILE
     if not rec_file.is_file():
         return 0, 0
@@ -280,10 +286,30 @@ def compact_records(directory: Path, keep: int = KEEP_PER_TASK) -> tuple[int, in
             r[0] = renumber[idx]
             kept.append(json.dumps(r))
         trials[shashes[idx]] = {"trials": trials_done(directory, shashes[idx], len(recs)), "kept": len(best)}
-    write_atomic(rec_file, "".join(line + "\n" for line in kept))
-    write_atomic(wl_file, "".join(wl_lines[i] + "\n" for i in sorted(by_wl)))
-    _write_json(directory / TRIALS_FILE, trials)
+    _write_json(directory / TRIALS_FILE, trials)  # counts only grow: valid before and after
+    # Records and workloads change together (the records are renumbered to the workloads kept):
+    # both are written aside, then a journal naming them, then both renamed. A run interrupted
+    # between the renames leaves the journal, and the next reader finishes the swap.
+    new_files = {RECORD_FILE: "".join(line + "\n" for line in kept),
+                 WORKLOAD_FILE: "".join(wl_lines[i] + "\n" for i in sorted(by_wl))}
+    for name, text in new_files.items():
+        (directory / f".{name}.compacted").write_text(text)
+    write_atomic(directory / COMPACTION_JOURNAL,
+                 json.dumps({name: f".{name}.compacted" for name in new_files}))
+    finish_compaction(directory)
     return len(lines), len(kept)
+
+
+def finish_compaction(directory: Path) -> None:
+    """Complete a compaction interrupted between its renames (see compact_records): rename
+    each new file the journal names that is still there, then drop the journal."""
+    journal = directory / COMPACTION_JOURNAL
+    if not journal.is_file():
+        return
+    for final, pending in json.loads(journal.read_text()).items():
+        if (directory / pending).is_file():
+            (directory / pending).replace(directory / final)
+    journal.unlink()
 
 
 

@@ -18,6 +18,7 @@ from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
 from edgecompile.errors import UsageError
 from edgecompile.tune.records import (
     compact_records,
+    finish_compaction,
     graph_fingerprint,
     read_defaults,
     record_wins,
@@ -179,6 +180,7 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     tasks = tt.extract_tasks(prepared, target)
 
     directory = records_dir(preset, opts.root)
+    finish_compaction(directory)  # a previous run interrupted mid-compaction
     database = tt.open_database(directory)
     measured_on = (f"{core.host_cpu_model()} ({target_key(preset)['mcpu']})" if not remote
                    else f"RPC device {opts.key or opts.rpc} ({target_key(preset)['mcpu']})")
