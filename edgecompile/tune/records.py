@@ -312,7 +312,6 @@ def finish_compaction(directory: Path) -> None:
     journal.unlink()
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Build integration
 

@@ -194,11 +194,14 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     # own target, not the tuning one; each task's entry in defaults.json is its workload hash.
     build_target = compiler.make_target(preset.target, preset.host)
     hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
+    # Which default schedule each task has now: what its timings in defaults.json are against.
+    ids = {t.name: tt.default_schedule_id(t, build_target) for t in tasks}
     # Local candidates run in worker processes whose TVM pool is sized from this variable
     # (TVM's own x86 default is half the CPUs): measure with the threads the records are for,
     # key.json's tuned_threads -- and leave the caller's environment as it was.
     with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
-        defaults = _default_latencies(tasks, hashes, directory, build_target, builder, runner, stream)
+        defaults = _default_latencies(tasks, hashes, ids, directory, build_target, builder, runner,
+                                      stream)
         if opts.recheck:
             tasks = [t for t in tasks if tt.task_records(database, t, target)[0] > 0]
         elif opts.max_tasks:
@@ -222,7 +225,8 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                           trials_per_iter=opts.trials_per_iter, seed=opts.seed,
                           cost_model=opts.cost_model, search=opts.search)
         database = tt.open_database(directory)  # re-read: everything appended this run
-        decided = _decide(tasks, hashes, database, directory, build_target, builder, runner, stream)
+        decided = _decide(tasks, hashes, ids, database, directory, build_target, builder, runner,
+                          stream)
 
     rows = [_task_row(t, st, database, directory, target, hashes[t.name], decided[t.name])
             for t, st in zip(tasks, states, strict=True)]
@@ -251,14 +255,13 @@ def _measurers(opts: TuneOptions, preset, remote: bool):
     return builder, ms_measure.make_rpc_runner(opts.tracker, opts.key, opts.rpc, workers)
 
 
-def _default_latencies(tasks, hashes: dict[str, str], directory: Path, build_target, builder,
-                       runner, stream) -> dict[str, float | None]:
+def _default_latencies(tasks, hashes: dict[str, str], ids: dict[str, str], directory: Path,
+                       build_target, builder, runner, stream) -> dict[str, float | None]:
     """Task name -> the default schedule's latency (ms) on the tuning device: what ranks the
     tasks for --focus. Measured once per workload, kept in defaults.json."""
     from edgecompile.backend import metaschedule as tt
 
     stored = read_defaults(directory)
-    ids = {t.name: tt.default_schedule_id(t, build_target) for t in tasks}
     # Timed again where the rules now give the task another schedule than the one timed then.
     missing = [t for t in tasks
                if stored.get(hashes[t.name], {}).get("default_schedule") != ids[t.name]]
@@ -273,8 +276,8 @@ def _default_latencies(tasks, hashes: dict[str, str], directory: Path, build_tar
     return {t.name: stored.get(hashes[t.name], {}).get("default_ms") for t in tasks}
 
 
-def _decide(tasks, hashes: dict[str, str], database, directory: Path, build_target, builder,
-            runner, stream) -> dict[str, dict]:
+def _decide(tasks, hashes: dict[str, str], ids: dict[str, str], database, directory: Path,
+            build_target, builder, runner, stream) -> dict[str, dict]:
     """Each task's default schedule and best record timed head to head (backend.metaschedule.
     head_to_head), kept in defaults.json: what a build reads to use a record or not."""
     from edgecompile.backend import metaschedule as tt
@@ -286,7 +289,7 @@ def _decide(tasks, hashes: dict[str, str], database, directory: Path, build_targ
         if d is not None and r is not None:
             stored[hashes[t.name]] = {"task": t.name, "default_ms": round(d * 1e3, 5),
                                       "record_ms": round(r * 1e3, 5),
-                                      "default_schedule": tt.default_schedule_id(t, build_target)}
+                                      "default_schedule": ids[t.name]}
     write_defaults(directory, stored)
     return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
 
