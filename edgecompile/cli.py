@@ -146,7 +146,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
         input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
-        recheck=args.recheck,
+        recheck=args.recheck, native_host=args.native_host,
     ))
     print(json.dumps(result.to_dict()) if args.format == "json" else tune_run.format_tasks(result))
     return 0
@@ -297,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="MetaSchedule-tune a model's kernels; `build` applies the records")
     s.add_argument("model", help="a model name from `edgecompile list`")
-    s.add_argument("--target", required=True, help="a CPU preset from `edgecompile targets`, or a .toml")
+    s.add_argument("--target", required=True,
+                   help="a preset from `edgecompile targets` (CPU, or mali/adreno over RPC), or a .toml")
     s.add_argument("--trials", type=int, default=2000, help="total trials, shared evenly by the tasks")
     s.add_argument("--trials-per-task", type=int, help="trials for each task (overrides the share)")
     s.add_argument("--input-size", type=int, help="square input resolution (default: the variant's)")
@@ -310,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--recheck", action="store_true",
                    help="no search: time the stored records against today's default schedules "
                         "again (after an upgrade, builds skip records until this has run)")
+    s.add_argument("--native-host", action="store_true",
+                   help="GPU presets: build the candidates' host side for this machine (its OpenCL "
+                        "device, e.g. pocl), as `build --native-host`")
     s.add_argument("--format", **fmt)
     _add_device_flags(s)
     s.set_defaults(func=_cmd_tune)

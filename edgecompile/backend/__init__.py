@@ -8,7 +8,9 @@ place (tests/test_architecture.py enforces it).
 - compiler.py: targets, ONNX -> Relax, Relax -> executable -> library, GPU kernel checks;
 - runtime.py: a compiled library in a Relax VM, locally or on an RPC session's device;
 - rpc_client.py: RPC sessions, direct or leased from a tracker;
+- gpu_schedules.py: the GPU presets' default schedules (dlight's rules, Adreno's for Adreno) and
+  the passes around them, shared by build and tune;
 - metaschedule.py: MetaSchedule tasks, the tuning loop, records applied to a module;
 - ms_measure.py: how candidates are built here and timed here or on a device over RPC;
-- opencl.py: our OpenCL plug-in loaded into this process's TVM.
+- opencl.py: our OpenCL plug-in loaded into this process's TVM; a remote device's OpenCL GPU.
 """

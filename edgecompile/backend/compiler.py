@@ -73,7 +73,7 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
     and a kernel already scheduled, e.g. from tuning records, keeps its schedule), on GPUs with
     dlight's rules (thread binding). On a GPU target where a dlight rule fails, the guarded
     pipeline is used instead. ``TVM_DEFAULT`` is TVM's own pipeline, untouched. ``fused``: a
-    CPU module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned).
+    module from ``metaschedule.prepare`` (legalised and fused, some kernels tuned).
     ``kernel_table``: a dict filled with the kernels' table (backend.kernels) as they are
     fused, before scheduling (our pipelines only); from ``table_from`` where given: ``mod``
     unscheduled, when some of its kernels are scheduled already (tuning records)."""
@@ -89,11 +89,6 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
         if kernel_table:
             keep_called(kernel_table, lowered_mod)
 
-    def gpu(guarded: bool):
-        return _gpu_pipeline(target, guarded, on_fused, on_lowered)
-
-    if pipeline == GUARDED:
-        return tvm.compile(mod, target=target, relax_pipeline=gpu(True))
     if pipeline == TVM_DEFAULT:
         return tvm.compile(mod, target=target, relax_pipeline="default")
     if pipeline == "default" and is_cpu(target):
@@ -101,10 +96,15 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
 
         return tvm.compile(mod, target=target,
                            relax_pipeline=cpu_pipeline(target, fused, on_fused, on_lowered))
-    keys = [str(k) for k in target.keys]
-    if pipeline != "default" or "gpu" not in keys or "adreno" in keys:
-        # Adreno: TVM's own Adreno pipeline (texture memory, its dlight rules); no kernel table.
+    if pipeline not in ("default", GUARDED) or "gpu" not in [str(k) for k in target.keys]:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    from edgecompile.backend.gpu_schedules import gpu_pipeline
+
+    def gpu(guarded: bool):
+        return gpu_pipeline(target, guarded, fused, on_fused, on_lowered)
+
+    if pipeline == GUARDED:
+        return tvm.compile(mod, target=target, relax_pipeline=gpu(True))
     try:
         return tvm.compile(mod, target=target, relax_pipeline=gpu(False))
     except AssertionError:
@@ -127,45 +127,6 @@ def unscheduled_cpu_kernels(model: onnx.ModelProto, input_name: str, shape: tupl
     from edgecompile.backend.cpu_schedules import unscheduled_kernels
 
     return unscheduled_kernels(import_onnx(model, input_name, shape), make_target(target))
-
-
-def _gpu_pipeline(target, guarded: bool, on_fused, on_lowered):
-    """TVM's generic GPU pipeline (dlight's rules), with ``on_fused`` shown the fused module.
-    ``guarded``: a dlight rule which raises on a function is skipped for it (the next rule, at
-    worst Fallback, schedules it). A function no rule can schedule stays host code, which
-    device_kernels() then reports."""
-    tvm = load_tvm()
-    from tvm.relax.backend.gpu_generic import pipeline as gpu
-    from tvm.s_tir import dlight as dl
-
-    from edgecompile.backend.cpu_schedules import observer
-
-    class Guarded(dl.ScheduleRule):
-        def __init__(self, rule):
-            self.rule = rule
-
-        def apply(self, func, target, tunable):
-            try:
-                return self.rule.apply(func, target, tunable)
-            except Exception:
-                return None
-
-    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Fallback()]
-    if guarded:
-        rules = [Guarded(r) for r in rules]
-    legalize = gpu.legalize_passes(target)[:-1] + [observer(on_fused), dl.ApplyDefaultSchedule(*rules)]
-
-    @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod, _ctx):
-        with target:
-            return tvm.transform.Sequential(
-                gpu.library_dispatch_passes(target) + legalize
-                + gpu.dataflow_lower_passes(target) + [observer(on_lowered)]
-                + gpu.finalize_passes(target)
-            )(mod)
-
-    return _pipeline
 
 
 NDK = "ndk"  # the cross_compiler value that means TVM's Android NDK linker

@@ -71,10 +71,16 @@ def _cpu_tensor_intrinsics_only() -> None:
 # The module: ONNX -> the fused kernels our CPU pipeline builds
 
 
-# The module tuned is the one the default schedules get: our legalisation (weights re-blocked
-# into the kernels' layouts, at build time), fused. key.json stores this name: records of
+# The module tuned is the one the default schedules get: on CPUs our legalisation (weights
+# re-blocked into the kernels' layouts, at build time), fused; on GPUs TVM's own legalisation
+# and fusion for the target, before dlight's rules. key.json stores this name: records of
 # another preparation have other workloads and would never match.
 LAYOUT = "edgecompile-cpu-1"
+GPU_LAYOUT = "tvm-gpu-legalized-1"
+
+
+def layout_of(target) -> str:
+    return LAYOUT if target.kind.name == "llvm" else GPU_LAYOUT
 
 
 @dataclass
@@ -83,19 +89,41 @@ class Prepared:
 
 
 def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], target) -> Prepared:
-    """ONNX -> Relax -> our legalisation, fused: exactly the kernels ``build`` schedules with
-    the rules, so a tuned record and the default schedule compete for the same workload."""
+    """ONNX -> Relax -> legalised and fused: exactly the kernels a build schedules with its
+    default rules (ours on CPUs, dlight's on GPUs), so a tuned record and the default schedule
+    compete for the same workload."""
     tvm = load_tvm()
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from edgecompile.backend.compiler import import_onnx
-    from edgecompile.backend.cpu_schedules import fuse_passes
 
     mod = import_onnx(model, input_name, shape)
     with tvm.target.Target(target):
-        mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
-                                       + fuse_passes(target))(mod)
+        mod = tvm.transform.Sequential(_prepare_passes(target))(mod)
     return Prepared(mod)
+
+
+def _prepare_passes(target) -> list:
+    if target.kind.name != "llvm":
+        from edgecompile.backend.gpu_schedules import prepare_passes
+
+        return prepare_passes(target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from edgecompile.backend.cpu_schedules import fuse_passes
+
+    return cpu_generic.library_dispatch_passes(target) + fuse_passes(target)
+
+
+def default_schedule(func, target):
+    """One kernel as a build schedules it without records, as {"main": func}: our CPU rules,
+    or dlight's GPU rules. What a tuning record has to beat."""
+    if target.kind.name != "llvm":
+        from edgecompile.backend.gpu_schedules import schedule_one
+
+        return schedule_one(func, target)
+    from edgecompile.backend.cpu_schedules import schedule_one
+
+    return schedule_one(func, target)
 
 
 @dataclass(frozen=True)
@@ -179,6 +207,23 @@ class TaskProgress:
 
 
 ProgressFn = Callable[[list[TaskProgress], int], None]
+BatchFn = Callable[[list[Any], list[Any]], None]
+
+
+def _batch_callback(on_batch: BatchFn):
+    """A measure callback run before MetaSchedule's own (which record the batch)."""
+    ms = ms_module()
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class _Batch(ms.measure_callback.PyMeasureCallback):
+        def __init__(self) -> None:
+            super().__init__()
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            on_batch(list(builder_results), list(runner_results))
+
+    return _Batch()
 
 
 def _progress_callback(states: list[TaskProgress], indices: list[int], on_update: ProgressFn):
@@ -210,9 +255,11 @@ def _progress_callback(states: list[TaskProgress], indices: list[int], on_update
 def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, builder, runner,
                states: list[TaskProgress], on_update: ProgressFn, work_dir: Path,
                trials_per_iter: int = 64, seed: int | None = None, cost_model: str = "xgb",
-               search: str = "evolutionary") -> None:
+               search: str = "evolutionary", on_batch: BatchFn | None = None) -> None:
     """Tune each task for its own number of trials (tasks with 0 are skipped), appending every
-    measured candidate to ``database`` as it goes."""
+    measured candidate to ``database`` as it goes. ``on_batch(builder_results,
+    runner_results)`` sees each measured batch before it is recorded, and may stop the run by
+    raising (that batch is then not recorded)."""
     ms = ms_module()
     # Tasks with the same remaining budget are tuned together (one scheduler, shared builder pool).
     groups: dict[int, list[int]] = {}
@@ -230,7 +277,8 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
                 [tasks[i].context for i in idx], work_dir=str(work_dir), seed=seed,
                 num_threads=os.cpu_count() or 1, strategy=_strategy(search),
             )
-            callbacks = ms.measure_callback.MeasureCallback.create("default") + [
+            callbacks = ([_batch_callback(on_batch)] if on_batch else []) + \
+                ms.measure_callback.MeasureCallback.create("default") + [
                 _progress_callback(states, idx, on_update)]
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
@@ -277,9 +325,7 @@ def measure_defaults(tasks: list[Task], target, builder, runner) -> list[float |
     """Each task as our rules schedule it, built and timed by the same builder and runner
     (and so on the same device, with the same threads) as the tuning candidates: seconds per
     call, None where it failed to build or run."""
-    from edgecompile.backend.cpu_schedules import schedule_one
-
-    return _measure([schedule_one(_main_func(t.workload), target) for t in tasks], target,
+    return _measure([default_schedule(_main_func(t.workload), target) for t in tasks], target,
                     builder, runner)
 
 
@@ -291,9 +337,7 @@ def default_schedule_id(task: Task, target) -> str:
     load_tvm()
     import tvm_ffi
 
-    from edgecompile.backend.cpu_schedules import schedule_one
-
-    mod = schedule_one(_main_func(task.workload), target)
+    mod = default_schedule(_main_func(task.workload), target)
     return f"{tvm_ffi.structural_hash(mod) & (2**64 - 1):016x}"
 
 
@@ -303,15 +347,13 @@ def head_to_head(tasks: list[Task], database, target, builder, runner,
     times each (the mean kept): the comparison that decides whether a record is used, made
     under the same machine conditions for both -- a default timed once at the start of a long
     tuning run can be off by the load of that moment. (None, None) for a task with no record."""
-    from edgecompile.backend.cpu_schedules import schedule_one
-
     pairs, where = [], []
     for i, t in enumerate(tasks):
         if not database.has_workload(t.workload):
             continue
         sch = database.query_schedule(t.workload, target, t.name)
         if sch is not None:
-            pairs.append((schedule_one(_main_func(t.workload), target), sch.mod))
+            pairs.append((default_schedule(_main_func(t.workload), target), sch.mod))
             where.append(i)
     # Round after round: default, record, default, record, ... for every task.
     secs = _measure([m for _ in range(rounds) for pair in pairs for m in pair], target, builder, runner)

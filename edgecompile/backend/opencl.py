@@ -52,3 +52,30 @@ def describe() -> str:
     if f is None:
         return "the edgecompile OpenCL plug-in is not loaded"
     return str(f())
+
+
+def remote_device(session, where: str) -> dict:
+    """OpenCL device 0 of an RPC session: its name, driver and limits. One line, naming the
+    server, where the server has no OpenCL runtime (started without our plug-in) or the runtime
+    finds no OpenCL device there."""
+    from edgecompile.errors import EdgeCompileError
+
+    try:
+        session.get_function("device_api.opencl")
+    except Exception:  # noqa: BLE001 -- TVM raises AttributeError or its own error type
+        raise EdgeCompileError(
+            f"the RPC server at {where} has no OpenCL runtime: start it with our plug-in, "
+            "`python -m tvm.exec.rpc_server --load-library DIR/libtvm_runtime_opencl.so ...` "
+            "(`python -m edgecompile.devices.opencl_runtime.build --out DIR` builds it)") from None
+    dev = session.device("opencl", 0)
+    if not dev.exist:
+        try:
+            seen = str(session.get_function("edgecompile.opencl.describe")()).strip()
+        except Exception:  # noqa: BLE001 -- another OpenCL runtime than ours: no description
+            seen = "no OpenCL device"
+        raise EdgeCompileError(f"the device at {where} has no OpenCL device to tune on "
+                               f"({' '.join(seen.split())[:200]})")
+    return {"name": str(dev.device_name), "driver": str(dev.driver_version),
+            "max_threads_per_block": int(dev.max_threads_per_block),
+            "max_shared_memory_per_block": int(dev.max_shared_memory_per_block),
+            "compute_units": int(dev.multi_processor_count)}

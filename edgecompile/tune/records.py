@@ -2,8 +2,10 @@
 
 Records live in the repository, one MetaSchedule JSON database per target preset *and* CPU:
 ``tuning/<preset>-<mcpu>/`` (e.g. ``tuning/x86-znver5/``), next to a ``key.json`` naming the
-resolved target they were measured on, its ISA class and the CPU itself. A build looks for them
-by workload (``build --records``):
+resolved target they were measured on, its ISA class and the CPU itself. A GPU preset's are per
+GPU and driver class, as the device reported them over RPC: ``tuning/mali-<gpu>-<driver>/``,
+class ``opencl-mali`` (every database of the preset is its "exact" kind: a build cannot know
+which board it is for). A build looks for them by workload (``build --records``):
 
 - ``exact``: this preset on this very CPU (the key's target equals the build's);
 - ``isa`` (default): else any database of the same ISA class (x86_64-avx512, x86_64-avx2,
@@ -76,25 +78,49 @@ def tuning_root() -> Path:
 # Keys: which CPU the records are for
 
 
+def is_gpu(preset: TargetPreset) -> bool:
+    return preset.target.get("kind") != "llvm"
+
+
 def target_key(preset: TargetPreset) -> dict[str, Any]:
-    """What must match for records to apply: the resolved target's ISA-defining fields."""
+    """What must match for records to apply: the resolved target's ISA-defining fields (for a
+    GPU, its kind and device class, and the limits its kernels were searched within)."""
     t = compiler.resolve_target(preset.target)
-    return {
+    key = {
         "kind": t.get("kind"),
         "mtriple": t.get("mtriple", ""),
         "mcpu": t.get("mcpu", ""),
         "mattr": sorted(t.get("mattr", []) or []),
         "device": preset.device,
     }
+    if is_gpu(preset):
+        key["gpu"] = t.get("device", "")
+    return key
 
 
-def records_dir(preset: TargetPreset, root: Path | None = None) -> Path:
+def device_slug(name: str) -> str:
+    """A directory-safe name for a GPU and its driver ("Mali-G610 r0p0", "v1.r32p1")."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "unknown"
+
+
+def records_dir(preset: TargetPreset, root: Path | None = None, device: str | None = None) -> Path:
+    """``tuning/<preset>-<cpu>/`` for a CPU preset; ``tuning/<preset>-<device>/`` for a GPU
+    preset, ``device`` naming the GPU and driver class the records were measured on (read
+    from the device when tuning: a build cannot know which board it is for)."""
     key = target_key(preset)
+    if is_gpu(preset):
+        return Path(root or tuning_root()) / f"{preset.name}-{device_slug(device or 'generic')}"
     cpu = key["mcpu"] or key["mtriple"] or "generic"
     return Path(root or tuning_root()) / f"{preset.name}-{cpu}"
 
 
 def isa_of(preset: TargetPreset) -> str:
+    """The class of machines that share a preset's kernels: the CPU's ISA class, or for a GPU
+    the OpenCL device class its kernels are generated for (opencl-mali, opencl-adreno)."""
+    if is_gpu(preset):
+        return f"{preset.target.get('kind')}-{preset.target.get('device', 'generic')}"
     return compiler.isa_class(preset.target)
 
 
@@ -108,13 +134,17 @@ def read_key(directory: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_key(directory: Path, preset: TargetPreset, layout: str, threads: int, cpu_name: str) -> None:
-    """key.json: what the records are for (target, ISA class) and where they were measured."""
+def write_key(directory: Path, preset: TargetPreset, layout: str, threads: int | None,
+              cpu_name: str, device: dict[str, Any] | None = None) -> None:
+    """key.json: what the records are for (target, ISA class) and where they were measured
+    (``cpu``: a description of the machine; ``device``: a GPU's name, driver and limits)."""
     data = {
         "version": KEY_VERSION, "preset": preset.name, "target": target_key(preset),
         "isa": isa_of(preset), "cpu": cpu_name, "layout": layout, "tuned_threads": threads,
         "tvm": core.version(),
     }
+    if device:
+        data["device"] = device
     old = read_key(directory)
     if old is not None and (old.get("target") != data["target"] or old.get("layout") != layout
                             or old.get("version") != KEY_VERSION):
@@ -160,24 +190,38 @@ def candidate_records(preset: TargetPreset, root: Path | None = None,
         raise UsageError(f"--records must be one of {', '.join(RECORD_MODES)}, not '{mode}'")
     if mode == "none":
         return [], "not requested (--records none)"
-    exact_dir = records_dir(preset, root)
-    key, why = _usable(exact_dir)
-    found = []
-    if key is not None and key.get("target") == target_key(preset):
-        found.append((exact_dir, key, "exact"))
-    elif key is not None:
-        why = f"records at {exact_dir} are for {key.get('target')}, not {target_key(preset)}"
+    base = Path(root or tuning_root())
+    found, why = _exact_records(preset, base)
     if mode == "exact":
         return found, why
     isa = isa_of(preset)
-    base = Path(root or tuning_root())
     others = []
-    for d in sorted(p for p in base.glob("*/") if p != exact_dir) if base.is_dir() else []:
+    exact_dirs = {d for d, _, _ in found} | {records_dir(preset, root)}
+    for d in sorted(p for p in base.glob("*/") if p not in exact_dirs) if base.is_dir() else []:
         k, _ = _usable(d)
         if k is not None and k.get("isa") == isa and k.get("target", {}).get("device") == preset.device:
             others.append((k.get("preset") != preset.name, d.name, d, k))
     found += [(d, k, "isa") for _, _, d, k in sorted(others, key=lambda o: o[:2])]
     return found, f"{why}, nor for any other {isa} CPU" if not found else "ok"
+
+
+def _exact_records(preset: TargetPreset, base: Path) -> tuple[list[tuple[Path, dict[str, Any], str]], str]:
+    """This preset's own databases for its exact target: on a CPU the one for this CPU; on a
+    GPU every one of the preset's (one per GPU and driver class it was tuned on)."""
+    dirs = (sorted(base.glob(f"{preset.name}-*/")) if is_gpu(preset) and base.is_dir()
+            else [records_dir(preset, base)])
+    found, why = [], f"no records at {records_dir(preset, base)}"
+    if is_gpu(preset):
+        why = f"no records for {preset.name} under {base}"
+    for d in dirs:
+        key, why_not = _usable(d)
+        if key is not None and key.get("target") == target_key(preset):
+            found.append((d, key, "exact"))
+        elif key is not None:
+            why = f"records at {d} are for {key.get('target')}, not {target_key(preset)}"
+        elif not is_gpu(preset):
+            why = why_not
+    return found, why
 
 
 def find_records(preset: TargetPreset, root: Path | None = None, mode: str = "isa") -> RecordMatch:
@@ -234,11 +278,25 @@ def record_wins(default_ms: float | None, record_ms: float | None) -> bool:
     return default_ms is not None and record_ms is not None and record_ms < RECORD_MARGIN * default_ms
 
 
-def tuning_target(preset: TargetPreset, threads: int):
-    """The TVM target MetaSchedule tunes for: the preset's, with the core count it runs on."""
+# A GPU's limits MetaSchedule searches within: the target's attribute <- the device's own (TVM
+# DeviceAttrKind names, read over RPC). The lower of the preset's and the device's is used.
+GPU_LIMITS = {"max_threads_per_block": "max_threads_per_block",
+              "max_num_threads": "max_threads_per_block",
+              "max_shared_memory_per_block": "max_shared_memory_per_block"}
+
+
+def tuning_target(preset: TargetPreset, threads: int | None, limits: dict[str, int] | None = None):
+    """The TVM target MetaSchedule tunes for: the preset's, with the core count it runs on (a
+    CPU), or within the device's own limits where they are lower than the preset's (a GPU)."""
     t = dict(preset.target)
     if t.get("kind") == "llvm":
         t.setdefault("num-cores", threads)
+    elif limits:
+        defaults = compiler.target_to_dict(compiler.make_target(t))
+        for attr, device_attr in GPU_LIMITS.items():
+            have, device = defaults.get(attr), limits.get(device_attr)
+            if device and (have is None or device < have):
+                t[attr] = int(device)
     return compiler.make_target(t, preset.host)
 
 
@@ -320,8 +378,6 @@ def records_for_model(model: onnx.ModelProto, input_shape: tuple[int, ...], pres
                       root: Path | None = None, mode: str = "isa") -> RecordMatch:
     """The records a build of this graph uses: the first database (see ``candidate_records``)
     this graph was tuned into. No TVM: a fingerprint looked up in each models.json."""
-    if preset.device != "cpu" or preset.target.get("kind") != "llvm":
-        return RecordMatch(None, "tuning applies to CPU presets only")
     found, why = candidate_records(preset, root, mode)
     if not found:
         return RecordMatch(None, why)
@@ -371,7 +427,8 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     section |= {
         "records": _display_path(match.directory), "match": match.match,
         "measured_on": {"cpu": key.get("cpu"), "mcpu": key.get("target", {}).get("mcpu"),
-                        "isa": key.get("isa"), "threads": key.get("tuned_threads")},
+                        "isa": key.get("isa"), "threads": key.get("tuned_threads")}
+        | ({"device": key["device"]} if key.get("device") else {}),
         "database_sha256": database_digest(match.directory),
         "tasks_total": applied.total, "tasks_with_records": applied.with_records,
         "tasks_tuned": len(applied.applied),

@@ -15,11 +15,12 @@ from typing import Any
 from edgecompile.backend import compiler, core, rpc_client
 from edgecompile.devices import tracker
 from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
-from edgecompile.errors import UsageError
+from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.tune.records import (
     compact_records,
     finish_compaction,
     graph_fingerprint,
+    is_gpu,
     read_defaults,
     record_wins,
     records_dir,
@@ -57,6 +58,9 @@ class TuneOptions:
     # No search: time the default schedules and the records already stored against each other
     # again (after an upgrade changed the default schedules, builds skip the records until then).
     recheck: bool = False
+    # GPU presets: candidates' host side built for this machine, not the board (a GPU here,
+    # e.g. pocl: how the tests tune the mali and adreno kernels).
+    native_host: bool = False
 
 
 @dataclass
@@ -154,37 +158,47 @@ def _environ(**values: str | None):
 def tune(opts: TuneOptions, stream=None) -> TuneResult:
     from edgecompile.backend import metaschedule as tt
     from edgecompile.pipeline.build import final_graph
-    from edgecompile.pipeline.spec import BuildOptions
+    from edgecompile.pipeline.spec import BuildOptions, effective_preset
     from edgecompile.pipeline.stages.export import INPUT_NAME
-    from edgecompile.targets import get_target
 
     stream = stream or sys.stderr
-    preset = get_target(opts.target)
-    if preset.device != "cpu":
-        raise UsageError("tuning is implemented for CPU presets (llvm targets) only")
+    build_opts = BuildOptions(opts.model, opts.target, input_size=opts.input_size,
+                              native_host=opts.native_host)
+    preset = effective_preset(build_opts)  # --native-host: the host side for this machine
+    gpu = is_gpu(preset)
     remote = bool(opts.rpc or opts.tracker)
     if opts.tracker and not opts.key:
         raise UsageError("--tracker needs --key")
+    if gpu and not remote:
+        raise UsageError(f"'{preset.name}' kernels are timed on the GPU: give the device, --rpc "
+                         "HOST:PORT of an RPC server started with the OpenCL plug-in, or --tracker "
+                         "HOST:PORT --key KEY")
     if not remote and not compiler.can_run_here(preset.target):
         raise UsageError(f"'{preset.name}' code does not run on this host: tune it on a device "
                          "(--rpc HOST:PORT, or --tracker HOST:PORT --key KEY)")
-    if remote:
-        _reach_device(opts)
-    threads = opts.threads or preset.threads or (os.cpu_count() or 1)
+    device = _reach_device(opts, gpu) if remote else None
+    threads = None if gpu else opts.threads or preset.threads or (os.cpu_count() or 1)
     t0 = time.monotonic()
 
-    g = final_graph(BuildOptions(opts.model, opts.target, input_size=opts.input_size))
+    g = final_graph(build_opts)
     model, shape, name = g.folded, g.spec.input_shape, g.info.name
-    target = tuning_target(preset, threads)
+    target = tuning_target(preset, threads, device)
     prepared = tt.prepare(model, INPUT_NAME, shape, target)
     tasks = tt.extract_tasks(prepared, target)
 
-    directory = records_dir(preset, opts.root)
+    where = opts.rpc or f"key '{opts.key}' at {opts.tracker}"
+    if gpu:
+        # One database per GPU and driver class: a schedule's speed is the device's.
+        directory = records_dir(preset, opts.root, f"{device['name']} {device['driver'].split()[0]}")
+        measured_on = f"{device['name']} (driver {device['driver']}), RPC device {where}"
+    else:
+        directory = records_dir(preset, opts.root)
+        mcpu = target_key(preset)["mcpu"]
+        measured_on = (f"{core.host_cpu_model()} ({mcpu})" if not remote
+                       else f"RPC device {opts.key or opts.rpc} ({mcpu})")
     finish_compaction(directory)  # a previous run interrupted mid-compaction
     database = tt.open_database(directory)
-    measured_on = (f"{core.host_cpu_model()} ({target_key(preset)['mcpu']})" if not remote
-                   else f"RPC device {opts.key or opts.rpc} ({target_key(preset)['mcpu']})")
-    write_key(directory, preset, tt.LAYOUT, threads, measured_on)
+    write_key(directory, preset, tt.layout_of(target), threads, measured_on, device)
     register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
     if opts.only:
         tasks = [t for t in tasks if t.name in opts.only]
@@ -215,15 +229,23 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
         states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
         reused = sum(1 for n, _ in before if n > 0)
-        stream.write(f"{name} -> {preset.name} ({target_key(preset)['mcpu']}): {len(tasks)} tasks, "
+        stream.write(f"{name} -> {preset.name} ({device['name'] if gpu else target_key(preset)['mcpu']}): "
+                     f"{len(tasks)} tasks, "
                      f"{per_task} trials each; {reused} tasks already have records in {directory}; "
                      f"{sum(remaining)} trials to run\n")
         printer = _Printer(stream, sum(remaining))
         if sum(remaining):
-            tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
-                          lambda s, i: printer(s, i, done_before), _log_dir(directory),
-                          trials_per_iter=opts.trials_per_iter, seed=opts.seed,
-                          cost_model=opts.cost_model, search=opts.search)
+            guard = _DeviceGuard(opts, where, directory) if remote else None
+            try:
+                tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
+                              lambda s, i: printer(s, i, done_before), _log_dir(directory),
+                              trials_per_iter=opts.trials_per_iter, seed=opts.seed,
+                              cost_model=opts.cost_model, search=opts.search,
+                              on_batch=guard)
+            except Exception:
+                if guard is not None and guard.lost:
+                    raise EdgeCompileError(guard.lost) from None
+                raise
         database = tt.open_database(directory)  # re-read: everything appended this run
         decided = _decide(tasks, hashes, ids, database, directory, build_target, builder, runner,
                           stream)
@@ -315,13 +337,51 @@ def _task_row(t, st, database, directory: Path, target, shash: str,
     }
 
 
-def _reach_device(opts: TuneOptions) -> None:
+def _reach_device(opts: TuneOptions, gpu: bool = False, timeout_s: float | None = None):
     """Reach the device once, within ``opts.timeout_s``, before the long work (as verify and
     bench do): nothing listening, a wrong key or a server that does not answer is one line now,
-    not every candidate failing later. MetaSchedule's runner then opens its own sessions."""
-    spec = DeviceSpec(rpc=opts.rpc, tracker=opts.tracker, key=opts.key, timeout_s=opts.timeout_s)
-    session, _ = rpc_client.open_session(spec)
-    del session  # hands the device back (a tracker's lease ends with its session)
+    not every candidate failing later. MetaSchedule's runner then opens its own sessions.
+    For a GPU preset: the device's OpenCL GPU (name, driver, limits), or one line saying why
+    there is none (a server started without the OpenCL plug-in, a board without a driver)."""
+    spec = DeviceSpec(rpc=opts.rpc, tracker=opts.tracker, key=opts.key,
+                      timeout_s=timeout_s or opts.timeout_s)
+    session, server = rpc_client.open_session(spec)
+    try:
+        if gpu:
+            from edgecompile.backend.opencl import remote_device
+
+            return remote_device(session, server)
+        return None
+    finally:
+        del session  # hands the device back (a tracker's lease ends with its session)
+
+
+class _DeviceGuard:
+    """Called with every measured batch before it is recorded: a batch in which no candidate
+    ran is checked against the device, and a device that no longer answers stops the run
+    with one line. That batch is not recorded (the failures were the device's, not the
+    candidates'), so a rerun measures it again; everything measured before is kept."""
+
+    PROBE_TIMEOUT_S = 10.0
+
+    def __init__(self, opts: TuneOptions, where: str, directory: Path):
+        self.opts, self.where, self.directory = opts, where, directory
+        self.lost: str | None = None
+        self.batches = 0
+
+    def __call__(self, builder_results, runner_results) -> None:
+        self.batches += 1
+        ran = [r for b, r in zip(builder_results, runner_results, strict=True)
+               if b.error_msg is None]
+        if not ran or any(r.error_msg is None for r in ran):
+            return
+        try:
+            _reach_device(self.opts, timeout_s=self.PROBE_TIMEOUT_S)
+        except EdgeCompileError as e:
+            self.lost = (f"the device ({self.where}) stopped answering during tuning ({e}); what "
+                         f"was measured before is kept in {self.directory}: run the same command "
+                         "again to resume")
+            raise
 
 
 def format_tasks(result: TuneResult) -> str:
