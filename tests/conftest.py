@@ -68,3 +68,18 @@ def emulated_rpi4():
     emu.prepare(quiet=True)
     with emu.start(get_target("rpi4").device_core) as device:
         yield device
+
+
+@pytest.fixture(scope="module")
+def pocl_cache(tmp_path_factory):
+    """One pocl kernel cache for a test module, inherited by the RPC servers it starts: pocl
+    compiles each kernel source once and caches it, so a kernel run locally, then over RPC,
+    or timed again, is compiled once."""
+    path = tmp_path_factory.mktemp("pocl")
+    old = os.environ.get("POCL_CACHE_DIR")
+    os.environ["POCL_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("POCL_CACHE_DIR", None)
+    else:
+        os.environ["POCL_CACHE_DIR"] = old

@@ -6,7 +6,6 @@ pocl compiles each kernel source once and caches it, so the RPC run after the lo
 costs little: both share POCL_CACHE_DIR.
 """
 
-import os
 
 import pytest
 
@@ -20,18 +19,6 @@ from edgecompile.pipeline.spec import BuildOptions
 pytestmark = [pytest.mark.tvm, pytest.mark.opencl, pytest.mark.rpc]
 ONE_PER_FAMILY = [list_models(f)[0] for f in list_families()]
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def pocl_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pocl")
-    old = os.environ.get("POCL_CACHE_DIR")
-    os.environ["POCL_CACHE_DIR"] = str(path)  # inherited by the RPC server below
-    yield path
-    if old is None:
-        os.environ.pop("POCL_CACHE_DIR", None)
-    else:
-        os.environ["POCL_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")

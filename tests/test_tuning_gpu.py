@@ -30,22 +30,9 @@ from edgecompile.targets import get_target
 from edgecompile.tune import records as tuning
 from edgecompile.tune import run as tune_run
 
-pytestmark = [pytest.mark.tvm, pytest.mark.opencl, pytest.mark.rpc]
+pytestmark = [pytest.mark.tvm, pytest.mark.opencl, pytest.mark.rpc,
+              pytest.mark.usefixtures("pocl_cache")]
 MODEL, SIZE, TASKS, TRIALS = "squeezenet1_1", 64, 2, 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pocl_cache(tmp_path_factory):
-    """One pocl kernel cache for the module (inherited by the servers): the same default
-    kernels are compiled by pocl once, not once per test."""
-    path = tmp_path_factory.mktemp("pocl")
-    old = os.environ.get("POCL_CACHE_DIR")
-    os.environ["POCL_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("POCL_CACHE_DIR", None)
-    else:
-        os.environ["POCL_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,8 @@ def is_gpu(preset: TargetPreset) -> bool:
 
 def target_key(preset: TargetPreset) -> dict[str, Any]:
     """What must match for records to apply: the resolved target's ISA-defining fields (for a
-    GPU, its kind and device class, and the limits its kernels were searched within)."""
+    GPU, also its device class: mali, adreno). The device's own limits are in key.json's
+    ``device``, not here: they narrow the search, every record stays valid for the class."""
     t = compiler.resolve_target(preset.target)
     key = {
         "kind": t.get("kind"),
