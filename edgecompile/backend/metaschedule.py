@@ -80,7 +80,9 @@ GPU_LAYOUT = "tvm-gpu-legalized-1"
 
 
 def layout_of(target) -> str:
-    return LAYOUT if target.kind.name == "llvm" else GPU_LAYOUT
+    from edgecompile.backend.compiler import is_cpu
+
+    return LAYOUT if is_cpu(target) else GPU_LAYOUT
 
 
 @dataclass
@@ -103,7 +105,9 @@ def prepare(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...], tar
 
 
 def _prepare_passes(target) -> list:
-    if target.kind.name != "llvm":
+    from edgecompile.backend.compiler import is_cpu
+
+    if not is_cpu(target):
         from edgecompile.backend.gpu_schedules import prepare_passes
 
         return prepare_passes(target)
@@ -117,7 +121,9 @@ def _prepare_passes(target) -> list:
 def default_schedule(func, target):
     """One kernel as a build schedules it without records, as {"main": func}: our CPU rules,
     or dlight's GPU rules. What a tuning record has to beat."""
-    if target.kind.name != "llvm":
+    from edgecompile.backend.compiler import is_cpu
+
+    if not is_cpu(target):
         from edgecompile.backend.gpu_schedules import schedule_one
 
         return schedule_one(func, target)
@@ -210,46 +216,39 @@ ProgressFn = Callable[[list[TaskProgress], int], None]
 BatchFn = Callable[[list[Any], list[Any]], None]
 
 
-def _batch_callback(on_batch: BatchFn):
-    """A measure callback run before MetaSchedule's own (which record the batch)."""
+def _measure_callback(on_measured: Callable[[int, list[Any], list[Any]], None]):
+    """A MetaSchedule measure callback calling ``on_measured(task_id, builder_results,
+    runner_results)`` for every measured batch."""
     ms = ms_module()
     from tvm.ir.utils import derived_object
 
     @derived_object
-    class _Batch(ms.measure_callback.PyMeasureCallback):
+    class _Callback(ms.measure_callback.PyMeasureCallback):
         def __init__(self) -> None:
             super().__init__()
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            on_batch(list(builder_results), list(runner_results))
+            on_measured(int(task_id), list(builder_results), list(runner_results))
 
-    return _Batch()
+    return _Callback()
 
 
 def _progress_callback(states: list[TaskProgress], indices: list[int], on_update: ProgressFn):
     """Reports into ``states`` (every task of the run); MetaSchedule's task ``i`` is ours
     ``indices[i]``, since each budget group is its own scheduler."""
-    ms = ms_module()
-    from tvm.ir.utils import derived_object
+    def record(task_id, builder_results, runner_results) -> None:
+        i = indices[task_id]
+        st = states[i]
+        for b, r in zip(builder_results, runner_results, strict=True):
+            st.trials += 1
+            if b.error_msg is None and r.error_msg is None:
+                s = _mean_secs(r.run_secs)
+                if s is not None:
+                    st.valid += 1
+                    st.best_s = s if st.best_s is None else min(st.best_s, s)
+        on_update(states, i)
 
-    @derived_object
-    class _Progress(ms.measure_callback.PyMeasureCallback):
-        def __init__(self) -> None:
-            super().__init__()
-
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            i = indices[task_id]
-            st = states[i]
-            for b, r in zip(builder_results, runner_results, strict=True):
-                st.trials += 1
-                if b.error_msg is None and r.error_msg is None:
-                    s = _mean_secs(r.run_secs)
-                    if s is not None:
-                        st.valid += 1
-                        st.best_s = s if st.best_s is None else min(st.best_s, s)
-            on_update(states, i)
-
-    return _Progress()
+    return _measure_callback(record)
 
 
 def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, builder, runner,
@@ -277,7 +276,9 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
                 [tasks[i].context for i in idx], work_dir=str(work_dir), seed=seed,
                 num_threads=os.cpu_count() or 1, strategy=_strategy(search),
             )
-            callbacks = ([_batch_callback(on_batch)] if on_batch else []) + \
+            # on_batch first: MetaSchedule's own callbacks record the batch.
+            first = [_measure_callback(lambda _i, b, r: on_batch(b, r))] if on_batch else []
+            callbacks = first + \
                 ms.measure_callback.MeasureCallback.create("default") + [
                 _progress_callback(states, idx, on_update)]
             ms.tune.tune_tasks(

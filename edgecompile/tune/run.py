@@ -367,10 +367,8 @@ class _DeviceGuard:
     def __init__(self, opts: TuneOptions, where: str, directory: Path):
         self.opts, self.where, self.directory = opts, where, directory
         self.lost: str | None = None
-        self.batches = 0
 
     def __call__(self, builder_results, runner_results) -> None:
-        self.batches += 1
         ran = [r for b, r in zip(builder_results, runner_results, strict=True)
                if b.error_msg is None]
         if not ran or any(r.error_msg is None for r in ran):
