@@ -81,8 +81,9 @@ def dense(cin, classes):
     return _model(nodes, [_w("w", (classes, cin)), _b("b", classes)], [1, cin, 7, 7])
 
 
-def maxpool(c, hw):
-    return _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2])],
+def maxpool(c, hw, pad=0):
+    return _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                    pads=[pad] * 4)],
                   [], [1, c, hw, hw])
 
 
@@ -136,12 +137,20 @@ CASES = {
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
     "depthwise 3x3 s1 58 @7": conv(58, 58, 7, k=3, groups=58),
     "depthwise 3x3 s2 144 @56 + relu6": conv(144, 144, 56, k=3, stride=2, groups=144, act="relu6"),
+    "depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)":
+        conv(96, 96, 112, k=3, stride=2, groups=96, act="relu6"),
+    "depthwise 3x3 s2 24 @15 (odd input row: no vector de-interleave)":
+        conv(24, 24, 15, k=3, stride=2, groups=24),
+    "stem 3x3 s2 3->32 @64, padding 1 (even map)": conv(3, 32, 64, k=3, stride=2, act="relu6"),
+    "patch embedding 4x4 s4 3->40 @64 (FasterNet's stem)": conv(3, 40, 64, k=4, stride=4, pad=0),
+    "merging 2x2 s2 40->80 @28 (FasterNet)": conv(40, 80, 28, k=2, stride=2, pad=0, act="relu"),
     "depthwise 3x3 s1 32 @1 (1x1 map)": conv(32, 32, 1, k=3, groups=32),
     "grouped 1x1 g3 240->240 @28 (ShuffleNet v1 g3)": conv(240, 240, 28, groups=3, act="relu"),
     "grouped 3x3 g8 64->64 @14": conv(64, 64, 14, k=3, groups=8),
     "dense 1024->10 (10-class head)": dense(1024, 10),
     "dense 960->1000": dense(960, 1000),
     "maxpool 3x3 s2 64 @111": maxpool(64, 111),
+    "maxpool 3x3 s2 padding 1 24 @112 (ShuffleNet's)": maxpool(24, 112, pad=1),
     "channel shuffle 116 in 2 groups @14": shuffle(116, 2, 14),
 }
 

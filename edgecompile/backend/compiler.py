@@ -92,10 +92,11 @@ def compile_module(mod, target, pipeline: str = "default", fused: bool = False,
     if pipeline == TVM_DEFAULT:
         return tvm.compile(mod, target=target, relax_pipeline="default")
     if pipeline == "default" and is_cpu(target):
-        from edgecompile.backend.cpu_schedules import cpu_pipeline
+        from edgecompile.backend.cpu_schedules import TIR_PIPELINE, cpu_pipeline
 
         return tvm.compile(mod, target=target,
-                           relax_pipeline=cpu_pipeline(target, fused, on_fused, on_lowered))
+                           relax_pipeline=cpu_pipeline(target, fused, on_fused, on_lowered),
+                           tir_pipeline=TIR_PIPELINE)
     if pipeline not in ("default", GUARDED) or "gpu" not in [str(k) for k in target.keys]:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     from edgecompile.backend.gpu_schedules import gpu_pipeline

@@ -22,6 +22,11 @@ def _build_candidate(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    if compiler.is_cpu(target):
+        # The TIR pipeline of our CPU builds: a candidate is timed as a build would compile it.
+        from edgecompile.backend.cpu_schedules import TIR_PIPELINE
+
+        return tvm.compile(mod, target=target, tir_pipeline=TIR_PIPELINE)
     return tvm.compile(mod, target=target)
 
 

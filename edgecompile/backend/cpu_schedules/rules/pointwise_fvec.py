@@ -49,7 +49,7 @@ class PointwiseFVec(CpuRule):
                 sch.compute_inline(blk)
             else:
                 # Padding: its own parallel pass (inlined, every broadcast would carry a bounds test).
-                _schedule_pad_stage(sch, blk, info.lanes, info.cores)
+                _schedule_pad_stage(sch, blk, info.lanes, 1, info.cores)
         last = accumulate_locally(sch, blocks, conv)
         # Accumulator as [n, p, f]: one register = b consecutive channels of one position.
         sch.transform_layout(conv, ("write", 0), lambda nn, ff, yy, xx: (nn, yy * w + xx, ff))

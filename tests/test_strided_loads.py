@@ -1,0 +1,101 @@
+"""The strided-load pass (cpu_schedules/strided_loads.py), on a hand-written kernel and on the
+de-interleaving copy our rules give a stride-2 depthwise convolution.
+
+A vector load of stride s must come out as one contiguous load and a shuffle, and compute the
+same values; TVM's own pipeline (the control) leaves the strided load, which its LLVM code
+generator emits lane by lane.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from test_cpu_schedules import conv
+from tvm import tirx
+from tvm.ir.expr import TensorLoad
+from tvm.ir.prim.expr import Ramp, Shuffle
+from tvm.script import tirx as T
+
+from edgecompile.backend import compiler
+from edgecompile.backend.cpu_schedules import TIR_PIPELINE, fuse_passes
+from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
+
+pytestmark = pytest.mark.tvm
+
+TARGET = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
+
+
+def _every_other(offset: int):
+    @T.prim_func(s_tir=True)
+    def every_other(a: T.Buffer((64,), "float32"), b: T.Buffer((2, 16), "float32")):
+        for p, j in T.grid(2, 16):
+            with T.sblock("copy"):
+                vp, vj = T.axis.remap("SS", [p, j])
+                b[vp, vj] = a[vj * 2 + vp + offset]
+
+    sch = tvm.s_tir.Schedule(every_other)
+    sch.vectorize(sch.get_loops(sch.get_sblock("copy"))[-1])
+    return sch.mod
+
+
+def _lowered(mod, tir_pipeline: str, target_dict=TARGET):
+    target = compiler.make_target(target_dict)
+    # Public functions, as the build makes them (MakePackedAPI lowers only those).
+    mod = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint) for gv, f in mod.functions.items()})
+    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
+    lower, _, _ = tvm.tirx.get_tir_pipeline(tir_pipeline)
+    return lower(mod)
+
+
+def _loads(mod) -> tuple[int, int]:
+    """(strided vector loads, shuffles) in a lowered module."""
+    found = {"strided": 0, "shuffles": 0}
+
+    def on_load(load):
+        idx = load.indices[-1]
+        if isinstance(idx, Ramp) and int(idx.stride) != 1:
+            found["strided"] += 1
+
+    def on_shuffle(_):
+        found["shuffles"] += 1
+
+    for func in mod.functions.values():
+        tvm_ffi.structural_walk(func, [(TensorLoad, on_load), (Shuffle, on_shuffle)])
+    return found["strided"], found["shuffles"]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 31])
+def test_strided_load_becomes_a_shuffle_with_the_same_values(offset):
+    mod = _every_other(offset)
+    assert _loads(_lowered(mod, "default"))[0] >= 1  # the control: TVM keeps the stride-2 load
+    strided, shuffles = _loads(_lowered(mod, TIR_PIPELINE))
+    assert strided == 0 and shuffles == 1  # in the loop over phase rows
+
+    lib = tvm.compile(mod, target=compiler.make_target(TARGET), tir_pipeline=TIR_PIPELINE)
+    a = np.arange(64, dtype=np.float32)
+    b = tvm.runtime.tensor(np.zeros((2, 16), np.float32))
+    lib(tvm.runtime.tensor(a), b)
+    want = np.stack([a[offset + p:offset + p + 32:2] for p in range(2)])
+    np.testing.assert_array_equal(b.numpy(), want)
+
+
+@pytest.mark.parametrize("mcpu", ["x86-64", "haswell", "skylake-avx512"])  # 4, 8, 16 lanes
+@pytest.mark.parametrize("width, vector_copy", [(56, True), (112, True), (15, False)])
+def test_stride2_depthwise_copies_its_plane_with_shuffles(width, vector_copy, mcpu):
+    """The rules de-interleave a stride-2 input by vector loads (then shuffles) where the input
+    row divides by the stride; an odd row keeps the scalar copy, and the pass leaves it be.
+    (Lowered only, never run: any vector width can be checked on any CPU. A rule that fails
+    declines silently, and the kernel still runs, as Fallback's slow loops: this catches it.)"""
+    model = conv(24, 24, width, k=3, stride=2, groups=24, act="relu6")
+    mod = compiler.import_onnx(model, "x", (1, 24, width, width))
+    target_dict = {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
+    target = compiler.make_target(target_dict)
+    with target:
+        mod = tvm.transform.Sequential(fuse_passes(target) + schedule_passes(target, fused=True))(mod)
+    kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)})
+    strided, _ = _loads(_lowered(kernels, "default", target_dict))
+    assert (strided > 0) == vector_copy
+    strided, shuffles = _loads(_lowered(kernels, TIR_PIPELINE, target_dict))
+    assert strided == 0
+    assert (shuffles > 0) == vector_copy
