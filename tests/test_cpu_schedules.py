@@ -13,12 +13,17 @@ Runtime's: 1e-4 of the output scale plus 1e-5 absolute.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
+from edgecompile.backend.cpu_schedules import fuse_passes
+from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
 from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -176,6 +181,22 @@ def test_rule_matches_onnxruntime(case, width, tmp_path):
     got = runtime.load_local(lib.path, "cpu", "x").run(x)
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=1e-4 * scale + 1e-5)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_no_rule_fails_on_a_kernel_it_claims(width, caplog):
+    """A rule that raises on a kernel declines quietly (SafeRule) and the kernel still runs, as
+    the next rule's or Fallback's much slower loops: numerics stay right, so only this shows it.
+    Scheduling only (no code is run), so every vector width is checked on any CPU."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS[width], "num-cores": 2})
+    for case, model in CASES.items():
+        shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+        mod = compiler.import_onnx(model, "x", shape)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cpu_schedules"), target:
+            tvm.transform.Sequential(fuse_passes(target) + schedule_passes(target, fused=True))(mod)
+        declined = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
+        assert not declined, (case, declined)
 
 
 def test_fire_module_runs_without_concat(tmp_path):

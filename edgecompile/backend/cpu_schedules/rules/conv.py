@@ -167,9 +167,10 @@ class Conv2DNCHW(CpuRule):
                 _deinterleave(sch, pad, stride_w)
                 sch.compute_at(pad, outer)
                 _vector_deinterleave(sch, pad, stride_w, lanes)
-                # No decompose_padding here: zero fill + plain copy of every plane was not faster
-                # than the conditional copy (144ch@56 s1: 0.19 vs 0.17 ms; s2 96@112: 0.57 vs 0.31),
-                # and inlining the pad into the window loads was 1.5-2x slower.
+                # Stride 1: no decompose_padding, a zero fill + plain copy of every plane was not
+                # faster than the conditional copy (144ch@56: 0.19 vs 0.17 ms; 960@7, 192@28 no
+                # better either), and inlining the pad into the window loads was 1.5-2x slower.
+                # Strided: the fill + vector copy is what makes the de-interleaving cheap.
             sch.reverse_compute_at(last, xo)
             inner_loops = [xu]
             pv = xv_
@@ -239,7 +240,8 @@ def _deinterleave(sch: s_tir.Schedule, pad, stride: int) -> None:
 
 def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
                          may_partition: bool = False) -> bool:
-    """Build the de-interleaved plane as a zero fill plus a copy vectorised along each phase row.
+    """Build the de-interleaved plane as a fill (zero; -inf for max pooling) plus a copy
+    vectorised along each phase row.
 
     Input column w = s * j + q lands in plane column w + left, i.e. phase (q + left) % s at
     j + (q + left) // s: for each q, one contiguous run of the plane, read as x[s * j + q], a
@@ -255,13 +257,12 @@ def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
     if len(blk.reads) != 1 or len(blk.iter_vars) != 4 or len(blk.writes[0].source.shape) != 5:
         return False
     width = int(blk.reads[0].source.shape[3])
-    left = _offset(blk.reads[0].region[3].min, blk.iter_vars[3].var)
-    if left is None or width % stride:
+    if not _is_shifted(blk.reads[0].region[3].min, blk.iter_vars[3].var) or width % stride:
         return False
     loops = sch.get_loops(pad)
     try:
         fill = sch.decompose_padding(pad, loops[-2])
-    except Exception:  # noqa: BLE001 - no zero padding to fill (a plain de-interleaving copy)
+    except Exception:  # noqa: BLE001 - no padding to fill (a plain de-interleaving copy)
         fill = None
     for b in (fill, pad) if fill is not None else (pad,):
         w = sch.get_loops(b)[-1]
@@ -272,7 +273,7 @@ def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
             continue
         _, vl = split_vector(ext, lanes, 64)
         if b == fill and vl < lanes:
-            _vectorize_zeros(sch, j, ext, lanes, may_partition)
+            _vectorize_fill(sch, j, ext, lanes, may_partition)
             continue
         if vl < ext:
             _, j = sch.split(j, factors=[None, vl])
@@ -280,8 +281,8 @@ def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
     return True
 
 
-def _vectorize_zeros(sch: s_tir.Schedule, loop, ext: int, lanes: int, may_partition: bool) -> None:
-    """A zero fill of an extent no register width divides (29, 57, 113), never element by
+def _vectorize_fill(sch: s_tir.Schedule, loop, ext: int, lanes: int, may_partition: bool) -> None:
+    """A constant fill of an extent no register width divides (29, 57, 113), never element by
     element: up to 64 lanes as one vector (LLVM stores a constant vector of 29 lanes as
     16 + 8 + 4 + 1), longer ones as whole registers plus the rest. Partitioning the loop is for
     a stage of its own only: under a compute-at it leaves a statement later steps reject."""
@@ -294,12 +295,11 @@ def _vectorize_zeros(sch: s_tir.Schedule, loop, ext: int, lanes: int, may_partit
     sch.vectorize(loop)
 
 
-def _offset(index, var) -> int | None:
-    """-c for an index var + c (how far the pad block's read lags its write: the left padding)."""
+def _is_shifted(index, var) -> bool:
+    """Is ``index`` var + c (a pad block reads its input column by column, shifted by the left
+    padding)?"""
     res = detect_linear_equation(index, [var])
-    if len(res) != 2 or not type_is(res[1], "IntImm") or not type_is(res[0], "IntImm") or int(res[0]) != 1:
-        return None
-    return -int(res[1])
+    return len(res) == 2 and type_is(res[0], "IntImm") and int(res[0]) == 1 and type_is(res[1], "IntImm")
 
 
 def _split_pad(sch: s_tir.Schedule, pad, lanes: int, n_outer: int) -> None:
