@@ -4,7 +4,7 @@ TVM's LLVM code generator emits a load whose index is a ramp of stride s > 1 as 
 and one insert per lane, and LLVM does not put them back together. The de-interleaving copy of a
 stride-2 convolution's input (rules/conv.py) is such a load: x[2j + phase] for j along a vector.
 Loading the s * (lanes - 1) + 1 elements the ramp spans and keeping every s-th is a few vector
-loads and permutes instead (x86 vpermt2ps, NEON uzp1/uzp2). The wide load covers exactly the
+loads and permutes instead (LLVM picks the permutes for the ISA). The wide load covers exactly the
 elements between the ramp's first and last lane, so it reads nothing the scalar loads did not
 bracket.
 
