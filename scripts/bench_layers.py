@@ -36,7 +36,8 @@ ACTIVATIONS = ("Relu", "Clip")
 
 
 def _layers(model: onnx.ModelProto):
-    """(key, input name, output name, weight dims, attrs) per Conv, the activation included."""
+    """Per Conv (its activation included): (key of its shapes and attributes, input name,
+    output name, input shape, weight dims, conv output shape)."""
     model = shape_inference.infer_shapes(model)
     typed = {v.name: v for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
     inits = {i.name: i for i in model.graph.initializer}

@@ -22,7 +22,6 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
-from edgecompile.backend.cpu_schedules import fuse_passes
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
 from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
@@ -194,7 +193,7 @@ def test_no_rule_fails_on_a_kernel_it_claims(width, caplog):
         mod = compiler.import_onnx(model, "x", shape)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="cpu_schedules"), target:
-            tvm.transform.Sequential(fuse_passes(target) + schedule_passes(target, fused=True))(mod)
+            tvm.transform.Sequential(schedule_passes(target))(mod)
         declined = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
         assert not declined, (case, declined)
 

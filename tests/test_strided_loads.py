@@ -18,7 +18,7 @@ from tvm.ir.prim.expr import Ramp, Shuffle
 from tvm.script import tirx as T
 
 from edgecompile.backend import compiler
-from edgecompile.backend.cpu_schedules import TIR_PIPELINE, fuse_passes
+from edgecompile.backend.cpu_schedules import TIR_PIPELINE
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
 
 pytestmark = pytest.mark.tvm
@@ -92,7 +92,7 @@ def test_stride2_depthwise_copies_its_plane_with_shuffles(width, vector_copy, mc
     target_dict = {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
     target = compiler.make_target(target_dict)
     with target:
-        mod = tvm.transform.Sequential(fuse_passes(target) + schedule_passes(target, fused=True))(mod)
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
     kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)})
     strided, _ = _loads(_lowered(kernels, "default", target_dict))
     assert (strided > 0) == vector_copy

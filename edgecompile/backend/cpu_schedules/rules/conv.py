@@ -269,15 +269,10 @@ def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
         j, q = sch.split(w, factors=[None, stride])
         sch.reorder(q, j)
         ext = int_extent(sch, j)
-        if not ext or ext <= 1:
-            continue
-        _, vl = split_vector(ext, lanes, 64)
-        if b == fill and vl < lanes:
+        if b == fill and ext and ext > 1 and split_vector(ext, lanes, 64)[1] < lanes:
             _vectorize_fill(sch, j, ext, lanes, may_partition)
-            continue
-        if vl < ext:
-            _, j = sch.split(j, factors=[None, vl])
-        sch.vectorize(j)
+        else:
+            _vec_tail(sch, b, lanes)  # j is the innermost loop now
     return True
 
 
