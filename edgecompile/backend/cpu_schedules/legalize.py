@@ -11,17 +11,19 @@ vector fills more SIMD lanes (the graph itself stays NCHW: no layout transforms 
   which carry most of a MobileNet's FLOPs. Needs weights blocked [C_out/b, C_in/g, kh, kw, b];
   they are constants, so they are reordered here once, at build time (numpy), never at run time.
 
-Also: erf -> TOPI's fast_erf (see _fast_erf).
+Also: a matmul with constant weights (the classifier) -> `edge_dense` on weights re-blocked
+[J/T, K, T] (see _dense), and erf -> TOPI's fast_erf (see _fast_erf).
 """
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax, te, topi
 from tvm.ir import Op
 from tvm.target import Target
 
 from .rules.common import split_vector
-from .tags import CONV_TAG, PW_FVEC_TAG
+from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
 
 # A row vector that fills less than this share of the SIMD lanes is computed on a rounded-up row
@@ -31,7 +33,8 @@ MIN_ROW_UTIL = 0.8
 
 def make_legalize_map(target: Target) -> dict:
     """The ops whose TOPI legalisation we replace for CPU."""
-    return {"relax.nn.conv2d": make_conv2d_legalizer(target), "relax.erf": _fast_erf}
+    return {"relax.nn.conv2d": make_conv2d_legalizer(target), "relax.matmul": make_dense_legalizer(target),
+            "relax.erf": _fast_erf}
 
 
 def _fast_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -40,6 +43,56 @@ def _fast_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if str(call.args[0].ty.dtype) != "float32":
         return Op.get("relax.erf").get_attr("FLegalize")(bb, call)
     return bb.call_te(topi.fast_erf, call.args[0])
+
+
+def dense_tile(columns: int, lanes: int) -> int:
+    """Output columns per dense tile: whole registers, up to 4 (columns rounded up to a register)."""
+    regs = -(-columns // lanes)
+    return lanes * max(d for d in range(1, 5) if regs % d == 0)
+
+
+def make_dense_legalizer(target: Target):
+    lanes = cpu_info(target).lanes
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        x, w = call.args
+        wnp = _const_array(w)
+        shape = getattr(x.ty, "shape", None)
+        out_dtype = call.attrs.out_dtype
+        if (wnp is None or wnp.ndim != 2 or shape is None or len(shape) != 2
+                or not all(isinstance(d, tvm.tirx.IntImm) for d in shape)
+                or str(x.ty.dtype) != "float32" or str(wnp.dtype) != "float32"
+                or (out_dtype not in ("", None) and str(out_dtype) != "float32")):
+            return Op.get("relax.matmul").get_attr("FLegalize")(bb, call)
+        return _dense(bb, x, wnp, dense_tile(wnp.shape[1], lanes))
+
+    return legalize
+
+
+def _dense(bb: relax.BlockBuilder, x: relax.Expr, wnp: np.ndarray, tile: int) -> relax.Expr:
+    """y = x @ W with W [K, J] stored [J/T, K, T] (zero columns up to a whole tile, cropped).
+
+    A tile of T output columns then streams its weights as one contiguous run. Stored [K, J], a
+    tile read 32-256 bytes of each 4 KB row. Inside a whole inference the 5 MB classifier of
+    mobilenet_v2_100 is never in cache; there it took 0.38 ms (one thread; 0.22 on two) where
+    ONNX Runtime's Gemm takes 0.19 (0.10); blocked, 0.23 (0.12). Timed alone, with the weights
+    in cache, both layouts ran alike."""
+    k_ext, j_real = wnp.shape
+    j_pad = -(-j_real // tile) * tile
+    if j_pad > j_real:
+        wnp = np.concatenate([wnp, np.zeros((k_ext, j_pad - j_real), wnp.dtype)], axis=1)
+    wb = np.ascontiguousarray(wnp.reshape(k_ext, j_pad // tile, tile).transpose(1, 0, 2))
+    m_ext = int(x.ty.shape[0])
+
+    def compute(data, wblk):
+        k = te.reduce_axis((0, k_ext), name="k")
+        out = te.compute((m_ext, j_pad), lambda i, j: te.sum(data[i, k] * wblk[j // tile, k, j % tile],
+                                                             axis=k), name=DENSE_TAG)
+        if j_pad != j_real:
+            out = te.compute((m_ext, j_real), lambda *i: out(*i), name="edge_crop")
+        return out
+
+    return bb.call_te(compute, x, relax.const(wb, "float32"), primfunc_name_hint="dense")
 
 
 def _default_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

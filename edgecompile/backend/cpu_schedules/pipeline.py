@@ -32,6 +32,9 @@ def fuse_passes(target: Target) -> list:
     rules schedule, and the tasks tuning searches (backend.metaschedule.prepare)."""
     return [
         split_concat(),
+        # A Gemm's weight arrives as permute_dims(constant): fold it, so that the legaliser sees
+        # the constant it re-blocks (legalize.py, _dense).
+        relax.transform.FoldConstant(),
         relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         keep_parts_unfused(),
