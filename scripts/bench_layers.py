@@ -10,7 +10,10 @@ them (calls x difference), then the totals.
 
 Read with care: ONNX Runtime's layer alone pays its NCHW <-> NCHWc reorders, which inside a
 whole model it pays once, so these ratios flatter TVM a little; the model's own ratio is
-bench_vs_ort.py's.
+bench_vs_ort.py's. Use one thread: with two, a single layer runs in 30-700 us, and whichever
+engine ran just before still holds the second core (ONNX Runtime's workers spin after a run),
+so TVM's 512->512 @14 timed 0.73 ms beside ONNX Runtime against 0.35 ms alone (whole models,
+which run for milliseconds, are not affected measurably: 6.0 vs 6.1 ms for mobilenet_v1_100).
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def _time(fns: dict, rounds: int, runs: int = 15) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifact", type=Path)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="1 unless you know why (see above: more than one distorts the layer times)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", action="store_true", help="one JSON line per layer instead of a table")
     args = p.parse_args(argv)

@@ -186,6 +186,16 @@ class Conv2DNCHW(CpuRule):
         return sch
 
 
+def _row_bands(rows: int, planes: int, cores: int) -> int:
+    """Row bands per plane so that a parallel loop over planes x bands has at least 4 iterations
+    per core (an even split at 2-4 threads); 1 when the planes alone do. A divisor of the rows:
+    a non-dividing band would add a guard to every row of the copy."""
+    if cores < 2 or planes >= 4 * cores:
+        return 1
+    want = -(-4 * cores // planes)
+    return min((d for d in range(want, rows + 1) if rows % d == 0), default=1)
+
+
 def _pick_mr(channels: int, max_mr: int) -> int:
     """Output channels per register tile: the most useful rows per tile, a divisor not required.
 
@@ -324,7 +334,14 @@ def _schedule_pad_stage(sch: s_tir.Schedule, pad, lanes: int, stride: int, cores
     """A padded copy of the input, as its own parallel pass (regular k x k convs reuse it across
     all output-channel tiles, so building it once is cheaper than per tile)."""
     loops = sch.get_loops(pad)
-    fused = sch.fuse(*loops[:2])  # (n, c): one padded plane per parallel iteration
+    planes = (int_extent(sch, loops[0]) or 1) * (int_extent(sch, loops[1]) or 1)
+    bands = _row_bands(int_extent(sch, loops[2]) or 1, planes, cores)
+    if bands > 1:
+        # A stem's 3 input planes: 2 + 1 per thread on two cores. Bands of rows as well.
+        band, rest = sch.split(loops[2], factors=[bands, None])
+        fused = sch.fuse(loops[0], loops[1], band)
+    else:
+        fused = sch.fuse(*loops[:2])  # (n, c): one padded plane per parallel iteration
     elems = 1
     for s_ in sch.get(pad).writes[0].source.shape:
         elems *= int(s_)
