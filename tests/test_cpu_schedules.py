@@ -153,6 +153,7 @@ CASES = {
     "grouped 3x3 g8 64->64 @14": conv(64, 64, 14, k=3, groups=8),
     "dense 1024->10 (10-class head)": dense(1024, 10),
     "dense 960->1000": dense(960, 1000),
+    "dense 512->256 (whole tiles, no crop)": dense(512, 256),
     "maxpool 3x3 s2 64 @111": maxpool(64, 111),
     "maxpool 3x3 s2 padding 1 24 @112 (ShuffleNet's)": maxpool(24, 112, pad=1),
     "channel shuffle 116 in 2 groups @14": shuffle(116, 2, 14),
