@@ -338,7 +338,7 @@ def _schedule_pad_stage(sch: s_tir.Schedule, pad, lanes: int, stride: int, cores
     bands = _row_bands(int_extent(sch, loops[2]) or 1, planes, cores)
     if bands > 1:
         # A stem's 3 input planes: 2 + 1 per thread on two cores. Bands of rows as well.
-        band, rest = sch.split(loops[2], factors=[bands, None])
+        band, _ = sch.split(loops[2], factors=[bands, None])
         fused = sch.fuse(loops[0], loops[1], band)
     else:
         fused = sch.fuse(*loops[:2])  # (n, c): one padded plane per parallel iteration
