@@ -89,10 +89,16 @@ def _dense(bb: relax.BlockBuilder, x: relax.Expr, wnp: np.ndarray, tile: int) ->
         out = te.compute((m_ext, j_pad), lambda i, j: te.sum(data[i, k] * wblk[j // tile, k, j % tile],
                                                              axis=k), name=DENSE_TAG)
         if j_pad != j_real:
-            out = te.compute((m_ext, j_real), lambda *i: out(*i), name="edge_crop")
+            out = _crop(out, (m_ext, j_real))
         return out
 
     return bb.call_te(compute, x, relax.const(wb, "float32"), primfunc_name_hint="dense")
+
+
+def _crop(out: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:
+    """A tensor computed rounded up (whole registers or tiles) cut to its real shape: the
+    schedule rules fold this copy into the store."""
+    return te.compute(shape, lambda *i: out(*i), name="edge_crop")
 
 
 def _default_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -234,7 +240,7 @@ def _fvec_conv2d(
             name=PW_FVEC_TAG,
         )
         if f != f_real:
-            out = te.compute((cv.n, f_real, cv.h_out, cv.w_out), lambda *i: out(*i), name="edge_crop")
+            out = _crop(out, (cv.n, f_real, cv.h_out, cv.w_out))
         return out
 
     return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d_cv")
@@ -300,7 +306,7 @@ def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: in
             name=CONV_TAG,
         )
         if w_run != cv.w_out:
-            out = te.compute((cv.n, cv.f, cv.h_out, cv.w_out), lambda *i: out(*i), name="edge_crop")
+            out = _crop(out, (cv.n, cv.f, cv.h_out, cv.w_out))
         return out
 
     return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d")
