@@ -139,6 +139,8 @@ CASES = {
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
+    "regular 3x3 64->256 @13 (SqueezeNet's expand: padded input copied channels-last)":
+        conv(64, 256, 13, k=3, act="relu"),
     "depthwise 3x3 s1 58 @7": conv(58, 58, 7, k=3, groups=58),
     "depthwise 3x3 s2 144 @56 + relu6": conv(144, 144, 56, k=3, stride=2, groups=144, act="relu6"),
     "depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)":
@@ -197,6 +199,20 @@ def test_no_rule_fails_on_a_kernel_it_claims(width, caplog):
             tvm.transform.Sequential(schedule_passes(target))(mod)
         declined = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
         assert not declined, (case, declined)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_small_map_input_is_copied_channels_last_on_several_cores(cores):
+    """512 planes of 14x14 are read one broadcast per (position, channel): on several cores the
+    input is first copied to [n, h, w, c] (see pointwise_fvec._channels_last_input); on one core
+    that copy only costs, and is not made."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": "haswell", "num-cores": cores})
+    mod = compiler.import_onnx(conv(512, 512, 14, act="relu6"), "x", (1, 512, 14, 14))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    scripts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    nhwc = "(T.int64(1), T.int64(14), T.int64(14), T.int64(512))"
+    assert any(nhwc in s for s in scripts) == (cores > 1)
 
 
 def test_fire_module_runs_without_concat(tmp_path):
