@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
+from edgecompile.backend.cpu_schedules.rules.conv import SUPERBLOCK_INPUT_BYTES, _pixel_superblock
 from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -135,6 +136,7 @@ CASES = {
     "pointwise 64->1000 @1 (a classifier as a 1x1 conv, 1x1 map)": conv(64, 1000, 1),
     "pointwise 512->1000 @13 (SqueezeNet's head)": conv(512, 1000, 13, act="relu"),
     "pointwise 32->32 @28 + relu6 + residual": conv(32, 32, 28, act="relu6", residual=True),
+    "pointwise 16->96 @56 + relu6 (pixel super-blocks)": conv(16, 96, 56, act="relu6"),
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),
@@ -199,6 +201,18 @@ def test_no_rule_fails_on_a_kernel_it_claims(width, caplog):
             tvm.transform.Sequential(schedule_passes(target))(mod)
         declined = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
         assert not declined, (case, declined)
+
+
+# blocks of 64 pixels, input channels, tiles per super-block: as many as fit 64 KB of input
+# (16 x 64 x 4 B = 4 KB a tile: 16 fit) that divide the count (196: 14), one where none does
+@pytest.mark.parametrize("blocks, c_in, want", [(196, 16, 14), (49, 24, 7), (96, 8, 32), (49, 116, 1),
+                                                (13, 58, 1), (1, 1024, 1)])
+def test_pixel_superblock_divides_the_tiles_and_keeps_its_input_near_l1(blocks, c_in, want):
+    """A pointwise kernel walks its pixel tiles in super-blocks (conv._pixel_superblock): a whole
+    number of them (a partial one predicates every tile), their input within the budget."""
+    per = _pixel_superblock(blocks, c_in, 64)
+    assert per == want
+    assert blocks % per == 0 and (per == 1 or per * c_in * 64 * 4 <= SUPERBLOCK_INPUT_BYTES)
 
 
 @pytest.mark.parametrize("cores", [1, 2])
