@@ -155,7 +155,7 @@ class Conv2DNCHW(CpuRule):
             po, pu, pv = sch.split(p, factors=[None, nv, vl])
             # Walk the pixels in super-blocks of `per` tiles, all output channels of one super-block
             # before the next: each core then streams into C_out output planes in runs of
-            # per*nv*vl pixels (not one tile's 256 B), while the super-block's input stays in L1.
+            # per*nv*vl pixels (not one tile's 256 B), while the super-block's input stays near L1.
             per = _pixel_superblock(-(-hw // (nv * vl)), red_ext[0], nv * vl)
             pso, psi = sch.split(po, factors=[None, per])
             sch.reorder(n, pso, fo, psi, *rloops, fi, pu, pv)
