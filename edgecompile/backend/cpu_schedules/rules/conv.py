@@ -70,7 +70,7 @@ def _pixel_superblock(blocks: int, c_in: int, tile_px: int) -> int:
     projections (144->24) unchanged; 16-32 KB left runs too short, 256 KB and more spilled the
     input of the wide layers (128->128 @56). A divisor of the tiles: a partial last super-block
     predicates every tile, and that ran 3x slower on the Zen 4 (116->116 @28: 0.21 -> 0.60 ms,
-    1 thread); a prime count of tiles keeps plain tile order."""
+    1 thread); a count with no divisor that fits keeps plain tile order."""
     return largest_divisor(blocks, SUPERBLOCK_INPUT_BYTES // (c_in * tile_px * 4))
 
 
@@ -156,7 +156,7 @@ class Conv2DNCHW(CpuRule):
             # Walk the pixels in super-blocks of `per` tiles, all output channels of one super-block
             # before the next: each core then streams into C_out output planes in runs of
             # per*nv*vl pixels (not one tile's 256 B), while the super-block's input stays near L1.
-            per = _pixel_superblock(-(-hw // (nv * vl)), red_ext[0], nv * vl)
+            per = _pixel_superblock(hw // (nv * vl), red_ext[0], nv * vl)  # nv*vl divides hw
             pso, psi = sch.split(po, factors=[None, per])
             sch.reorder(n, pso, fo, psi, *rloops, fi, pu, pv)
             outer = sch.fuse(n, pso, fo, psi)
