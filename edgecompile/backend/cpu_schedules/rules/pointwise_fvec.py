@@ -24,6 +24,8 @@ from .conv import _pick_mr, _schedule_pad_stage
 
 # Bytes of one K chunk of a tile's weights that should stay in L1 (most L1D are 32-48 KB).
 L1_WEIGHT_BYTES = 24 * 1024
+# What one operand load (weight vector or broadcast) costs beside one FMA, in the tile choice.
+LOAD_COST = 0.5
 
 
 def _vec_channels(sch: s_tir.Schedule, loop, b: int) -> None:
@@ -117,10 +119,13 @@ class PointwiseFVec(CpuRule):
             # per tile, 14 GFLOP/s); a guarded last tile is cheap (the guard is per position).
             mr_c = _pick_mr(hw, budget)
             useful = hw / -(-hw // mr_c) * nf_c
-            # Ties go to the tile with fewer operand loads per FMA (nf weight vectors + mr
-            # broadcasts): 8 channel vectors x 2 positions vs 4 x 4, both 16 accumulators, on
-            # 512->512 @14x14: 303 vs 485 GFLOP/s; 64->384 @14: 174 vs 345.
-            best = max(best, (useful, -(nf_c + mr_c), nf_c, mr_c))
+            # Useful FMAs per cycle, a cycle per FMA and LOAD_COST per operand load (nf weight
+            # vectors + mr broadcasts): the most accumulators is not enough. 8 channel vectors x
+            # 2 positions vs 4 x 4, both 16 accumulators, on 512->512 @14x14: 303 vs 485 GFLOP/s
+            # (64->384 @14: 174 vs 345); 2 x 11 vs 4 x 5 on SqueezeNet's 16->64 3x3 @55: 0.61
+            # vs 0.53 ms, though 2 x 11 has more accumulators.
+            score = useful / (nf_c * mr_c + LOAD_COST * (nf_c + mr_c))
+            best = max(best, (score, -(nf_c + mr_c), nf_c, mr_c))
         _, _, nf, mr = best
         po, pi = sch.split(p, factors=[None, mr])
         fo, fu, fv = sch.split(f, factors=[None, nf, b])
