@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
@@ -272,3 +273,42 @@ def test_every_kernel_is_scheduled_not_left_naive(tmp_path):
         model = CASES[case]
         shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
         assert compiler.unscheduled_cpu_kernels(model, "x", shape, preset.target) == [], case
+
+
+def _llvm_pieces(width: int, lanes: int) -> int:
+    """Vector instructions LLVM splits a <width x float> operation into: whole registers, then
+    one power-of-two piece per set bit of the rest (14 lanes of 16: 8 + 4 + 2)."""
+    return width // lanes + bin(width % lanes).count("1")
+
+
+@pytest.mark.parametrize("case, window_too", [
+    ("depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)", True),  # 56 = 7 x 8
+    ("depthwise 3x3 s1 58 @7", True),  # rounded up to one 8-lane vector
+    # 28 = 2 x 14: no divisor of 28 does better than 14 lanes in 3 pieces (4 lanes in 1)
+    ("maxpool 3x3 s2 ceil 16 @56 (the ceil adds an output column and row)", False)])
+def test_window_rows_are_whole_vectors_not_llvm_pieces(case, window_too):
+    """Rows of 56, 28 and 7 outputs (16 lanes): epilogues are stored in widths LLVM emits as few
+    instructions (28 as 16 + 12, 7 as scalar stores), never as 14- or 7-lane vectors of 3 pieces
+    (the depthwise 192 @28 ran 2.3x slower so), and a 56-wide window is computed 8 lanes at a
+    time, not 14. The padded-plane copies are left out: their widths follow the input row."""
+    lanes = 16
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    model = CASES[case]
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(compiler.import_onnx(model, "x", shape))
+    widths = []
+
+    def on_for(loop):
+        name = getattr(getattr(loop.body, "block", None), "name_hint", "")
+        if loop.kind == tvm.tirx.ForKind.VECTORIZED and not name.startswith("pad_temp"):
+            widths.append((name, int(loop.extent)))
+
+    for f in mod.functions.values():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            tvm_ffi.structural_walk(f, [(tvm.tirx.For, on_for)])
+    window = [(n, w) for n, w in widths if n.endswith(("_init", "_update"))]
+    epilogue = [(n, w) for n, w in widths if (n, w) not in window]
+    assert window, (case, widths)
+    for name, w in epilogue + (window if window_too else []):
+        assert _llvm_pieces(w, lanes) <= -(-w // lanes) + 1, (case, name, w)
