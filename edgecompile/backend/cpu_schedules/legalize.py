@@ -22,7 +22,7 @@ from tvm import relax, te, topi
 from tvm.ir import Op
 from tvm.target import Target
 
-from .rules.common import split_vector
+from .rules.common import split_vector, vector_pieces
 from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
 
@@ -199,7 +199,7 @@ def make_conv2d_legalizer(target: Target):
             # LLVM splits a vector of vl lanes into power-of-two pieces (14 = 8 + 4 + 2 loads,
             # FMAs and shuffles): count what the pieces cost, not the lanes they fill. ShuffleNet
             # v2's 116->116 @14x14: 14-wide rows 95 GFLOP/s, channels padded to 128: 165.
-            row_util /= bin(vl).count("1")
+            row_util /= vector_pieces(vl)
         else:
             vl = split_vector(row, lanes, 4)[1]
             row_util = vl / lanes if row >= lanes else row / lanes

@@ -44,6 +44,12 @@ def is_plain_copy(sch: s_tir.Schedule, block) -> bool:
     return type_is(body, "BufferStore") and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
 
 
+def vector_pieces(width: int) -> int:
+    """Instructions LLVM emits for one <width x float> operation narrower than a register: one
+    power-of-two piece per set bit (14 lanes = 8 + 4 + 2, 7 = 4 + 2 + 1)."""
+    return bin(width).count("1")
+
+
 def split_vector(extent: int, lanes: int, max_vec: int) -> tuple[int, int]:
     """(unrolled vectors, lanes per vector) whose product divides `extent`.
 

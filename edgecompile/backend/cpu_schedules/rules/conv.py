@@ -36,6 +36,7 @@ from .common import (
     sole_reduction,
     split_vector,
     type_is,
+    vector_pieces,
 )
 
 
@@ -251,9 +252,7 @@ def _vec_tail(sch: s_tir.Schedule, block, lanes: int, epilogue: bool = False) ->
     ext = int_extent(sch, inner)
     if ext is None or ext <= 1:
         return
-    # Never wider than one register unless a whole multiple: LLVM legalises <39 x float> badly.
-    _, vl = split_vector(ext, lanes, 64)
-    if epilogue and ext > lanes and ext % lanes and vl < lanes and _owns(sch, inner, block):
+    if epilogue and ext > lanes and ext % lanes and _owns(sch, inner, block):
         # A row no register width divides (56, 28, 49): whole registers, then one shorter vector
         # (56 = 3 x 16 + 8), not 14-wide vectors that LLVM splits into 8 + 4 + 2 pieces. The
         # depthwise epilogue of 192 @28 took longer than its window: 0.097 -> 0.042 ms.
@@ -262,13 +261,15 @@ def _vec_tail(sch: s_tir.Schedule, block, lanes: int, epilogue: bool = False) ->
         sch.vectorize(body)
         sch.vectorize(rest)
         return
-    if epilogue and 4 < ext < lanes and ext & (ext - 1) and _owns(sch, inner, block):
+    if epilogue and 4 < ext < lanes and vector_pieces(ext) > 1 and _owns(sch, inner, block):
         # A row shorter than a register (7, 14): scalar stores, unrolled, of lanes extracted from
         # the accumulator's register beat a <7 x float> vector, which LLVM splits into 4 + 2 + 1
         # pieces: 960 @7 depthwise 0.059 -> 0.034 ms. (A predicated split with TVM's
         # tirx.enable_buffer_level_predication comes out as these same scalar stores on x86.)
         sch.unroll(inner)
         return
+    # Never wider than one register unless a whole multiple: LLVM legalises <39 x float> badly.
+    _, vl = split_vector(ext, lanes, 64)
     if vl < ext:
         _, inner = sch.split(inner, factors=[None, vl])
     if vl > 1:
@@ -280,11 +281,13 @@ def _window_vector(w_out: int, lanes: int) -> tuple[int, int]:
     it, else the divisor with the most lanes per piece, since LLVM splits a d-lane vector into
     popcount(d) power-of-two pieces: a 56-wide row as 7 x 8 lanes, not 4 x 14 (8 + 4 + 2 each).
     Stride-2 depthwise 96 @112 -> 56: 0.43 -> 0.33 ms (one thread, hot). (Rounding the row up
-    to 64 instead widens the de-interleaved plane: whole models 4-11% slower.)"""
+    to 64 instead widens the de-interleaved plane: whole models 4-11% slower.) split_vector's own
+    fallback, the widest divisor, stays as it is: the legalisation's row-utilisation test reads
+    it, and 56 = 4 x 14 is what keeps such a row from being rounded up there."""
     nv, vl = split_vector(w_out, lanes, 4)
     if vl == lanes:
         return nv, vl
-    d = max((d for d in range(1, lanes + 1) if w_out % d == 0), key=lambda d: (d / bin(d).count("1"), d))
+    d = max((d for d in range(1, lanes + 1) if w_out % d == 0), key=lambda d: (d / vector_pieces(d), d))
     return largest_divisor(w_out // d, 4), d
 
 
