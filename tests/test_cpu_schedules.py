@@ -284,7 +284,8 @@ def _llvm_pieces(width: int, lanes: int) -> int:
 @pytest.mark.parametrize("case, window_too", [
     ("depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)", True),  # 56 = 7 x 8
     ("depthwise 3x3 s1 58 @7", True),  # rounded up to one 8-lane vector
-    # 28 = 2 x 14: no divisor of 28 does better than 14 lanes in 3 pieces (4 lanes in 1)
+    ("depthwise 3x3 s2 144 @56 + relu6", True),  # 28 = 2 x 14 (8 + 4 + 2): rounded up to 2 x 16
+    # A pool's 28 = 2 x 14 keeps its 14-lane window (pools are not rounded up)
     ("maxpool 3x3 s2 ceil 16 @56 (the ceil adds an output column and row)", False)])
 def test_window_rows_are_whole_vectors_not_llvm_pieces(case, window_too):
     """Rows of 56, 28 and 7 outputs (16 lanes): epilogues are stored in widths LLVM emits as few

@@ -22,7 +22,7 @@ from tvm import relax, te, topi
 from tvm.ir import Op
 from tvm.target import Target
 
-from .rules.common import split_vector, vector_pieces
+from .rules.common import split_vector, vector_pieces, window_vector
 from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
 
@@ -283,12 +283,26 @@ def _run_width(w_out: int, lanes: int) -> int:
     return p
 
 
+def _splits_narrow(w_out: int, lanes: int) -> bool:
+    """Does the window schedule's row vector (window_vector) include a piece narrower than half
+    a register? (LLVM splits a d-lane vector into its power-of-two pieces; d & -d is the
+    narrowest.)"""
+    _, d = window_vector(w_out, lanes)
+    return d < lanes and (d & -d) < lanes // 2
+
+
 def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: int) -> relax.Expr:
     """Row-vector conv; a poorly divisible row is rounded up to whole vectors and cropped."""
     depthwise = cv.icpg == 1 and cv.groups > 1
     if depthwise and cv.sw == 1:
         # Stride-1 depthwise: whole registers (x86 splits a <14 x float> load into 8+4+2-wide
         # loads and shuffles; 144ch@56: 0.143 ms rounded to 64 vs 0.166 ms with 14-wide vectors).
+        w_run = _run_width(cv.w_out, lanes)
+    elif depthwise and _splits_narrow(cv.w_out, lanes):
+        # Strided depthwise whose row the window schedule could only vectorise with pieces under
+        # half a register (28 = 2 x 14 = 2 x (8 + 4 + 2)): whole registers on garbage columns
+        # instead. 144ch@56 s2: 0.129 -> 0.089 ms, 192ch@56 s2: 0.17 -> 0.124 ms (one thread,
+        # hot). Half-register pieces are kept: 56 = 7 x 8 beat 64 (96ch@112 s2: 0.255 vs 0.285).
         w_run = _run_width(cv.w_out, lanes)
     else:
         # Strided: rounding widens the deinterleaved plane copy, which dominates (96ch@112 s2:

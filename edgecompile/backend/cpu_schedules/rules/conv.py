@@ -37,6 +37,7 @@ from .common import (
     split_vector,
     type_is,
     vector_pieces,
+    window_vector,
 )
 
 
@@ -184,7 +185,7 @@ class Conv2DNCHW(CpuRule):
             loops = sch.get_loops(conv)
             n, f, y, x = loops[:4]
             rloops = loops[4:]
-            nv, vl = _window_vector(w_out, lanes)
+            nv, vl = window_vector(w_out, lanes)
             xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
             sch.reorder(n, f, y, xo, *rloops, xu, xv_)
             outer = sch.fuse(n, f)
@@ -274,21 +275,6 @@ def _vec_tail(sch: s_tir.Schedule, block, lanes: int, epilogue: bool = False) ->
         _, inner = sch.split(inner, factors=[None, vl])
     if vl > 1:
         sch.vectorize(inner)
-
-
-def _window_vector(w_out: int, lanes: int) -> tuple[int, int]:
-    """(vectors, lanes) along a window kernel's output row: whole registers where they divide
-    it, else the divisor with the most lanes per piece, since LLVM splits a d-lane vector into
-    popcount(d) power-of-two pieces: a 56-wide row as 7 x 8 lanes, not 4 x 14 (8 + 4 + 2 each).
-    Stride-2 depthwise 96 @112 -> 56: 0.43 -> 0.33 ms (one thread, hot). (Rounding the row up
-    to 64 instead widens the de-interleaved plane: whole models 4-11% slower.) split_vector's own
-    fallback, the widest divisor, stays as it is: the legalisation's row-utilisation test reads
-    it, and 56 = 4 x 14 is what keeps such a row from being rounded up there."""
-    nv, vl = split_vector(w_out, lanes, 4)
-    if vl == lanes:
-        return nv, vl
-    d = max((d for d in range(1, lanes + 1) if w_out % d == 0), key=lambda d: (d / vector_pieces(d), d))
-    return largest_divisor(w_out // d, 4), d
 
 
 def _owns(sch: s_tir.Schedule, loop, block) -> bool:
