@@ -24,7 +24,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
-from edgecompile.backend.cpu_schedules.rules.conv import SUPERBLOCK_INPUT_BYTES, _pixel_superblock
+from edgecompile.backend.cpu_schedules.rules.conv import (
+    PLANE_BAND_BYTES,
+    SUPERBLOCK_INPUT_BYTES,
+    _pixel_superblock,
+)
 from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -230,6 +234,32 @@ def test_ceil_mode_max_pool_pads_only_where_a_window_reads_the_pad(hw, padded):
         mod = tvm.transform.Sequential(schedule_passes(target))(mod)
     scripts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any("pad_temp" in s for s in scripts) == padded
+
+
+# (channels, map, stride, bands): the de-interleaved plane of 96 @112 s2 is 114 x 114 floats
+# (52 KB): 4 bands of 14 output rows (29 input rows, 13 KB); 32 @112 s1 (114 rows of 128, 58 KB):
+# 4 bands of 28 (30 rows, 15 KB); 144 @56 s2 fits whole (58 x 58, 13 KB)
+@pytest.mark.parametrize("c, hw, stride, bands", [(96, 112, 2, 4), (32, 112, 1, 4), (144, 56, 2, 1)])
+def test_window_plane_is_built_in_bands_that_stay_in_l1(c, hw, stride, bands):
+    """A depthwise window builds its padded input plane per channel; one over PLANE_BAND_BYTES
+    is built band by band inside the channel loop (conv._plane_band), each band's input rows
+    within the budget."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    mod = compiler.import_onnx(conv(c, c, hw, k=3, stride=stride, groups=c), "x", (1, c, hw, hw))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = tvm.s_tir.Schedule(func)
+    pad = sch.get_sblock("pad_temp")
+    loops = [sch.get(lp) for lp in sch.get_loops(pad)]
+    assert loops[0].kind == tvm.tirx.ForKind.PARALLEL  # one channel per iteration
+    band_loops = [lp for lp in loops[1:] if lp.loop_var.name.startswith("yy")]
+    assert [int(lp.extent) for lp in band_loops] == ([bands] if bands > 1 else [])
+    plane = [int(d) for d in sch.get(pad).writes[0].source.shape]  # [n, c, rows, (phases,) row]
+    row_bytes = 4 * int(np.prod(plane[3:]))
+    rows_in = (hw // stride // bands - 1) * stride + 3
+    assert rows_in * row_bytes <= PLANE_BAND_BYTES < plane[2] * row_bytes if bands > 1 \
+        else plane[2] * row_bytes <= PLANE_BAND_BYTES
 
 
 @pytest.mark.parametrize("cores", [1, 2])

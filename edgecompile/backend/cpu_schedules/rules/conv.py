@@ -187,13 +187,20 @@ class Conv2DNCHW(CpuRule):
             rloops = loops[4:]
             nv, vl = window_vector(w_out, lanes)
             xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
-            sch.reorder(n, f, y, xo, *rloops, xu, xv_)
+            rows = _plane_band(sch, pad, h_out, stride_h, red_ext[-2]) if pad is not None else h_out
+            if rows < h_out:
+                yo, yi = sch.split(y, factors=[None, rows])
+                sch.reorder(n, f, yo, yi, xo, *rloops, xu, xv_)
+            else:
+                yo = None
+                sch.reorder(n, f, y, xo, *rloops, xu, xv_)
             outer = sch.fuse(n, f)
             maybe_parallel(sch, outer, work, info.cores)
             if pad is not None:
-                # The padded plane of this channel, built inside the parallel loop: stays in L1/L2.
+                # The padded plane of this channel (a band of its rows where the whole plane
+                # would spill L1), built inside the parallel loop.
                 _deinterleave(sch, pad, stride_w)
-                sch.compute_at(pad, outer)
+                sch.compute_at(pad, yo if yo is not None else outer)
                 _vector_deinterleave(sch, pad, stride_w, lanes)
                 # Stride 1: no decompose_padding, a zero fill + plain copy of every plane was not
                 # faster than the conditional copy (144ch@56: 0.19 vs 0.17 ms; 960@7, 192@28 no
@@ -212,6 +219,25 @@ class Conv2DNCHW(CpuRule):
         _vec_tail(sch, init, lanes)
         _vec_tail(sch, last, lanes, epilogue=True)
         return sch
+
+
+# Bytes of a window kernel's padded plane (or band of it) that should stay in L1 (32-48 KB).
+PLANE_BAND_BYTES = 16 * 1024
+
+
+def _plane_band(sch: s_tir.Schedule, pad, h_out: int, stride: int, kh: int) -> int:
+    """Output rows per band of a depthwise or pooling window whose padded input plane is built
+    band by band: the whole plane (h_out when it fits PLANE_BAND_BYTES), else the largest
+    divisor of h_out whose input rows fit. A divisor: a partial band adds a guard to each row."""
+    shape = [int(d) for d in sch.get(pad).writes[0].source.shape]
+    row_bytes = 4
+    for d in shape[3:]:
+        row_bytes *= d
+    if shape[2] * row_bytes <= PLANE_BAND_BYTES:
+        return h_out
+    fits = [r for r in range(1, h_out + 1)
+            if h_out % r == 0 and ((r - 1) * stride + kh) * row_bytes <= PLANE_BAND_BYTES]
+    return max(fits, default=h_out)
 
 
 def _row_bands(rows: int, planes: int, cores: int) -> int:
