@@ -9,8 +9,9 @@ shapes) are timed once and counted by their calls. Prints the layers by the time
 them (calls x difference), then the totals.
 
 Read with care: ONNX Runtime's layer alone pays its NCHW <-> NCHWc reorders, which inside a
-whole model it pays once, so these ratios flatter TVM a little; the model's own ratio is
-bench_vs_ort.py's. Use one thread: with two, a single layer runs in 30-700 us, and whichever
+whole model it pays once, so these ratios flatter TVM, by up to 2x on large-map depthwise layers;
+bench_in_context.py compares each engine's kernels inside whole inferences, and the model's own
+ratio is bench_vs_ort.py's. Use one thread: with two, a single layer runs in 30-700 us, and whichever
 engine ran just before still holds the second core (ONNX Runtime's workers spin after a run),
 so TVM's 512->512 @14 timed 0.73 ms beside ONNX Runtime against 0.35 ms alone (whole models,
 which run for milliseconds, are not affected measurably: 6.0 vs 6.1 ms for mobilenet_v1_100).
