@@ -343,11 +343,14 @@ def default_schedule_id(task: Task, target) -> str:
 
 
 def head_to_head(tasks: list[Task], database, target, builder, runner,
-                 rounds: int = 2) -> list[tuple[float | None, float | None]]:
+                 rounds: int = 3) -> list[tuple[float | None, float | None]]:
     """(default, best record) seconds per task, timed back to back, alternating, ``rounds``
-    times each (the mean kept): the comparison that decides whether a record is used, made
-    under the same machine conditions for both -- a default timed once at the start of a long
-    tuning run can be off by the load of that moment. (None, None) for a task with no record."""
+    times each: the comparison that decides whether a record is used, made under the same
+    machine conditions for both -- a default timed once at the start of a long tuning run can
+    be off by the load of that moment. The fastest of the rounds is kept, not the mean: load
+    only ever adds time, and one burst on a shared machine moved a mean of two rounds by 1.5-2x
+    (a Zen 4 VM: a first recheck kept 17 records, a second 5). (None, None) for a task with no
+    record."""
     pairs, where = [], []
     for i, t in enumerate(tasks):
         if not database.has_workload(t.workload):
@@ -362,13 +365,13 @@ def head_to_head(tasks: list[Task], database, target, builder, runner,
     out: list[tuple[float | None, float | None]] = [(None, None)] * len(tasks)
     for k, i in enumerate(where):
         first = [r * per_round + 2 * k for r in range(rounds)]  # this task's defaults
-        out[i] = (_mean([secs[j] for j in first]), _mean([secs[j + 1] for j in first]))
+        out[i] = (_fastest([secs[j] for j in first]), _fastest([secs[j + 1] for j in first]))
     return out
 
 
-def _mean(values: list[float | None]) -> float | None:
+def _fastest(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+    return min(vals) if vals else None
 
 
 def _measure(mods: list[Any], target, builder, runner) -> list[float | None]:
