@@ -274,6 +274,13 @@ def test_small_map_input_is_copied_channels_last_on_several_cores(cores):
     scripts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     nhwc = "(T.int64(1), T.int64(14), T.int64(14), T.int64(512))"
     assert any(nhwc in s for s in scripts) == (cores > 1)
+    if cores > 1:
+        # The copy reads along plane rows: a row's 14 positions innermost, not the 512 channels
+        # (one element of each of 512 planes per position: 512 lines at once, over L1).
+        (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        sch = tvm.s_tir.Schedule(func)
+        loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock("x_global"))]
+        assert [int(lp.extent) for lp in loops[-2:]] == [512, 14]
 
 
 def test_fire_module_runs_without_concat(tmp_path):

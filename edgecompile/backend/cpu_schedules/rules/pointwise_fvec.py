@@ -63,9 +63,13 @@ def _channels_last_input(sch: s_tir.Schedule, conv, pad, work: int, info: CpuInf
     stage = pad if pad is not None else sch.cache_read(conv, reads[0], "global")
     sch.transform_layout(stage, ("write", 0), lambda n, c, y, x: (n, y, x, c))
     sch.transform_block_layout(stage, lambda n, c, y, x: (n, y, x, c))
-    n, y, _, _ = sch.get_loops(stage)
+    n, y, x, c = sch.get_loops(stage)
     # Element by element: vectorised along c, every vector is a 16-plane gather (0.07 ms on the
-    # 512 @14 map, vs 0.02 scalar).
+    # 512 @14 map, vs 0.02 scalar). The row's positions innermost: each read runs along a plane
+    # row and only w output lines are open; channels innermost read one element from each of
+    # the C planes per position, C lines at once (576: 36 KB, over a 32 KB L1). 576->96 @14 0.143
+    # -> 0.137 ms (2 threads, hot); mobilenet_v2_100 0.98 of its latency, interleaved A/B.
+    sch.reorder(c, x)
     sch.parallel(sch.fuse(n, y))
     return True
 
