@@ -350,3 +350,37 @@ def test_window_rows_are_whole_vectors_not_llvm_pieces(case, window_too):
     assert window, (case, widths)
     for name, w in epilogue + (window if window_too else []):
         assert _llvm_pieces(w, lanes) <= -(-w // lanes) + 1, (case, name, w)
+
+
+def _host_llvm_ir(executable) -> str:
+    """The LLVM IR of an executable's compiled kernels (the largest module it imports)."""
+    sources = []
+
+    def walk(m):
+        try:
+            sources.append(m.inspect_source("ll"))
+        except Exception:  # noqa: BLE001 - a module without LLVM source (the VM's own)
+            pass
+        for sub in m.imports:
+            walk(sub)
+
+    walk(executable.mod)
+    return max(sources, key=len)
+
+
+# Each: a 16 x 96 pointwise tile (6 x 4 AVX-512 registers, 1.5 KB of accumulators) per pixel
+# tile, the 576 @14 s2 depthwise's padded plane (1.2 KB) per channel; the 512 @14 channel-vector
+# conv's channels-last copy of its whole input (392 KB) stays in the workspace pool.
+@pytest.mark.parametrize("case, workspace_calls", [
+    ((16, 96, 112, 1, 1, 1), False), ((576, 576, 14, 3, 2, 576), False), ((512, 512, 14, 1, 1, 1), True)])
+def test_scratch_buffers_are_allocas_not_workspace_calls(case, workspace_calls):
+    """A register tile's accumulator and a window's padded plane are allocated inside the
+    parallel loop, once per tile or channel: as TVM's workspace allocations they cost two runtime
+    calls each and kept the accumulators out of registers (stack_buffers.py). Compiled for
+    AVX-512 (code generation only, so any x86 machine checks it)."""
+    cin, cout, hw, k, stride, groups = case
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    mod = compiler.import_onnx(conv(cin, cout, hw, k=k, stride=stride, groups=groups),
+                               "x", (1, cin, hw, hw))
+    ir = _host_llvm_ir(compiler.compile_module(mod, target))
+    assert ("TVMBackendAllocWorkspace" in ir) == workspace_calls

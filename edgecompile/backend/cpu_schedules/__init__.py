@@ -11,13 +11,14 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
   grouped / depthwise / pooling windows, Dense, Fallback for everything else); a rule that
   fails on a kernel declines (SafeRule) and the next one tries;
 - pipeline.py: TVM's CPU passes with the above, and ``unscheduled_kernels`` for tests;
-- strided_loads.py: the TIR pipeline ``TIR_PIPELINE`` (TVM's, then strided vector loads as a
-  contiguous load and a shuffle), for every CPU compile: builds, tuning candidates, kernels.so.
+- tir_pipeline.py: the TIR pipeline ``TIR_PIPELINE`` of every CPU compile (builds, tuning
+  candidates, kernels.so): TVM's, then strided_loads.py (a strided vector load as a contiguous
+  load and a shuffle) and stack_buffers.py (scratch buffers as allocas, not workspace calls).
 """
 
 from .pipeline import cpu_pipeline, fuse_passes, observer, schedule_one, unscheduled_kernels
-from .strided_loads import PIPELINE as TIR_PIPELINE
 from .target_info import isa_class
+from .tir_pipeline import PIPELINE as TIR_PIPELINE
 
 __all__ = ["TIR_PIPELINE", "cpu_pipeline", "fuse_passes", "isa_class", "observer", "schedule_one",
            "unscheduled_kernels"]

@@ -8,18 +8,16 @@ loads and permutes instead (LLVM picks the permutes for the ISA). The wide load 
 elements between the ramp's first and last lane, so it reads nothing the scalar loads did not
 bracket.
 
-Runs after TVM's own lowering (vectorised loops are ramps by then), before code generation:
-registered as the TIR pipeline ``PIPELINE`` (``tvm.compile(..., tir_pipeline=PIPELINE)``).
+Runs after TVM's own lowering (vectorised loops are ramps by then), before code generation, in
+the TIR pipeline of tir_pipeline.py.
 """
 from __future__ import annotations
 
-import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 from tvm.ir.prim.expr import IntImm, Ramp
 
-PIPELINE = "edgecompile-cpu"
 MAX_STRIDE = 4
 MAX_WIDE_LANES = 64  # wider vectors than 4 AVX-512 registers: leave them to the scalar path
 
@@ -41,13 +39,3 @@ def _as_shuffle(load):
 @tirx.transform.prim_func_pass(opt_level=0, name="EdgeStridedLoadsToShuffles")
 def strided_loads_to_shuffles(func, _mod, _ctx):
     return tvm_ffi.structural_map(func, [(TensorLoad, _as_shuffle)])
-
-
-def _pipeline_factory():
-    from tvm.s_tir.pipeline import default_s_tir_pipeline
-
-    lower, finalize_host, finalize_device = default_s_tir_pipeline()
-    return tvm.transform.Sequential([lower, strided_loads_to_shuffles]), finalize_host, finalize_device
-
-
-tvm.tirx.compilation_pipeline.register_tir_pipeline(PIPELINE, _pipeline_factory)
