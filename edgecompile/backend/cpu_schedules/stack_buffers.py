@@ -9,7 +9,7 @@ workspace pointer LLVM cannot promote to registers, so the tile's accumulators w
 memory before the epilogue: a 16->96 pointwise @112 (K = 16) spent as long on that as on its
 FMAs. With the allocation an alloca, LLVM keeps the accumulators in registers: that layer 0.565
 -> 0.386 ms, the 576 @14 s2 depthwise 0.043 -> 0.024 ms (one thread, Zen 4), whole models 0.81-
-0.92 of their latency.
+0.93 of their latency.
 
 TVM's own escape hatch does it: an allocation annotated ``disable_lower_builtin`` stays an
 AllocBuffer, which the LLVM code generator emits as an alloca at the function's entry (the
