@@ -188,19 +188,15 @@ class Conv2DNCHW(CpuRule):
             nv, vl = window_vector(w_out, lanes)
             xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
             rows = _plane_band(sch, pad, h_out, stride_h, red_ext[-2]) if pad is not None else h_out
-            if rows < h_out:
-                yo, yi = sch.split(y, factors=[None, rows])
-                sch.reorder(n, f, yo, yi, xo, *rloops, xu, xv_)
-            else:
-                yo = None
-                sch.reorder(n, f, y, xo, *rloops, xu, xv_)
+            ys = sch.split(y, factors=[None, rows]) if rows < h_out else [y]  # [bands, rows] or [y]
+            sch.reorder(n, f, *ys, xo, *rloops, xu, xv_)
             outer = sch.fuse(n, f)
             maybe_parallel(sch, outer, work, info.cores)
             if pad is not None:
                 # The padded plane of this channel (a band of its rows where the whole plane
                 # would spill L1), built inside the parallel loop.
                 _deinterleave(sch, pad, stride_w)
-                sch.compute_at(pad, yo if yo is not None else outer)
+                sch.compute_at(pad, ys[0] if len(ys) > 1 else outer)
                 _vector_deinterleave(sch, pad, stride_w, lanes)
                 # Stride 1: no decompose_padding, a zero fill + plain copy of every plane was not
                 # faster than the conditional copy (144ch@56: 0.19 vs 0.17 ms; 960@7, 192@28 no
@@ -233,11 +229,11 @@ def _plane_band(sch: s_tir.Schedule, pad, h_out: int, stride: int, kh: int) -> i
     row_bytes = 4
     for d in shape[3:]:
         row_bytes *= d
-    if shape[2] * row_bytes <= PLANE_BAND_BYTES:
+    # r output rows read (r - 1) * stride + kh input rows.
+    most = (PLANE_BAND_BYTES // row_bytes - kh) // stride + 1
+    if shape[2] * row_bytes <= PLANE_BAND_BYTES or most < 1:
         return h_out
-    fits = [r for r in range(1, h_out + 1)
-            if h_out % r == 0 and ((r - 1) * stride + kh) * row_bytes <= PLANE_BAND_BYTES]
-    return max(fits, default=h_out)
+    return largest_divisor(h_out, most)
 
 
 def _row_bands(rows: int, planes: int, cores: int) -> int:
