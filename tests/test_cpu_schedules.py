@@ -97,6 +97,10 @@ def maxpool(c, hw, pad=0, ceil=0):
                   [], [1, c, hw, hw])
 
 
+def global_pool(c, hw):
+    return _model([helper.make_node("GlobalAveragePool", ["x"], ["y"])], [], [1, c, hw, hw])
+
+
 def shuffle(c, groups, hw):
     """ShuffleNet's channel shuffle as torch exports it: Reshape, Transpose, Reshape."""
     s1 = numpy_helper.from_array(np.array([1, groups, c // groups, hw, hw], np.int64), "s1")
@@ -169,6 +173,8 @@ CASES = {
         maxpool(64, 111, ceil=1),
     "maxpool 3x3 s2 ceil 16 @56 (the ceil adds an output column and row)": maxpool(16, 56, ceil=1),
     "channel shuffle 116 in 2 groups @14": shuffle(116, 2, 14),
+    "global average pool 1000 @13 (SqueezeNet's head)": global_pool(1000, 13),
+    "global average pool 58 @7 (58: two chains, no 8 divides it)": global_pool(58, 7),
 }
 
 
@@ -281,6 +287,24 @@ def test_small_map_input_is_copied_channels_last_on_several_cores(cores):
         sch = tvm.s_tir.Schedule(func)
         loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock("x_global"))]
         assert [int(lp.extent) for lp in loops[-2:]] == [512, 14]
+
+
+@pytest.mark.parametrize("c, hw, chains", [(1000, 13, 8), (1280, 7, 8), (58, 7, 2), (7, 7, 7)])
+def test_reduction_runs_several_outputs_side_by_side(c, hw, chains):
+    """A global average pool reduces `chains` channels at once, the unrolled channel loop inside
+    the reduction loops (fallback.REDUCE_CHAINS): one channel at a time is one chain of dependent
+    adds, 3x ONNX Runtime's time inside an inference."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    mod = compiler.import_onnx(global_pool(c, hw), "x", (1, c, hw, hw))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = tvm.s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    (update,) = [b for b in blocks if sch.get(b).name_hint.endswith("_update")]
+    loops = [sch.get(lp) for lp in sch.get_loops(update)]
+    assert loops[-1].kind == tvm.tirx.ForKind.UNROLLED and int(loops[-1].extent) == chains
+    assert [int(lp.extent) for lp in loops[-3:-1]] == [hw, hw]  # the reduction, outside the chains
 
 
 def test_fire_module_runs_without_concat(tmp_path):

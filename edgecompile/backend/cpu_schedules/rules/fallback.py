@@ -8,7 +8,13 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from ..target_info import CpuInfo
-from .common import CpuRule, child_blocks, int_extent, is_reduction, maybe_parallel
+from .common import CpuRule, child_blocks, int_extent, is_reduction, largest_divisor, maybe_parallel
+
+# Outputs a reduction accumulates side by side. One output reduced alone is one chain of
+# dependent adds, an add per 3-4 cycles (the FP add latency); several chains interleaved keep the
+# adders and loads busy. A global average pool, 1000 channels x 169 positions (SqueezeNet), took
+# 0.093 ms inside an inference on one Zen 4 thread (= 169K adds x 3 cycles) vs ONNX Runtime's 0.029.
+REDUCE_CHAINS = 8
 
 
 def _work(sch: s_tir.Schedule, block) -> int:
@@ -62,6 +68,16 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> N
             fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
             maybe_parallel(sch, fused, _work(sch, block), cores)
     elif n_spatial >= 1:
-        # Reduction: parallelise the spatial prefix, reduce serially inside.
+        # Reduction: parallelise the spatial prefix, reduce inside, REDUCE_CHAINS outputs at once.
         fused = sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0]
+        ext = int_extent(sch, fused)
+        chains = largest_divisor(ext, REDUCE_CHAINS) if ext else 1
+        if chains > 1:
+            fused, ci = sch.split(fused, factors=[None, chains])
+        # Parallel before decompose_reduction: TVM refuses a parallel loop over the init block.
         maybe_parallel(sch, fused, _work(sch, block), cores)
+        if chains > 1:
+            sch.reorder(*loops[n_spatial:], ci)
+            sch.unroll(ci)
+            # The accumulators zeroed before the reduction loops, not tested for k == 0 inside.
+            sch.decompose_reduction(block, loops[n_spatial])
