@@ -156,6 +156,8 @@ CASES = {
     "depthwise 3x3 s2 144 @56 + relu6": conv(144, 144, 56, k=3, stride=2, groups=144, act="relu6"),
     "depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)":
         conv(96, 96, 112, k=3, stride=2, groups=96, act="relu6"),
+    "depthwise 5x5 s2 padding 2 64 @56 (plane rows in parts: 2 border columns each side)":
+        conv(64, 64, 56, k=5, stride=2, groups=64, pad=2),
     "depthwise 3x3 s2 24 @15 (odd input row: no vector de-interleave)":
         conv(24, 24, 15, k=3, stride=2, groups=24),
     "stem 3x3 s2 3->32 @64, padding 1 (even map)": conv(3, 32, 64, k=3, stride=2, act="relu6"),
@@ -243,6 +245,17 @@ def test_ceil_mode_max_pool_pads_only_where_a_window_reads_the_pad(hw, padded):
 
 
 # (channels, map, stride, bands): the de-interleaved plane of 96 @112 s2 is 114 x 114 floats
+def _pad_blocks(sch):
+    """The blocks that build a window's padded plane: (the one under its loops, one that writes
+    it) -- `pad_temp` for both, or where the plane row is built in parts (conv._copy_row_parts),
+    the block holding the parts and the middle part."""
+    try:
+        pad = sch.get_sblock("pad_temp")
+        return pad, pad
+    except tvm.s_tir.schedule.ScheduleError:
+        return sch.get_sblock("pad_temp_ax2_common"), sch.get_sblock("pad_temp_ax21")
+
+
 # (52 KB): 4 bands of 14 output rows (29 input rows, 13 KB); 32 @112 s1 (114 rows of 128, 58 KB):
 # 4 bands of 28 (30 rows, 15 KB); 144 @56 s2 fits whole (58 x 58, 13 KB)
 @pytest.mark.parametrize("c, hw, stride, bands", [(96, 112, 2, 4), (32, 112, 1, 4), (144, 56, 2, 1)])
@@ -256,12 +269,12 @@ def test_window_plane_is_built_in_bands_that_stay_in_l1(c, hw, stride, bands):
         mod = tvm.transform.Sequential(schedule_passes(target))(mod)
     (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     sch = tvm.s_tir.Schedule(func)
-    pad = sch.get_sblock("pad_temp")
+    pad, writer = _pad_blocks(sch)
     loops = [sch.get(lp) for lp in sch.get_loops(pad)]
     assert loops[0].kind == tvm.tirx.ForKind.PARALLEL  # one channel per iteration
     band_loops = [lp for lp in loops[1:] if lp.loop_var.name.startswith("yy")]
     assert [int(lp.extent) for lp in band_loops] == ([bands] if bands > 1 else [])
-    plane = [int(d) for d in sch.get(pad).writes[0].source.shape]  # [n, c, rows, (phases,) row]
+    plane = [int(d) for d in sch.get(writer).writes[0].source.shape]  # [n, c, rows, (phases,) row]
     row_bytes = 4 * int(np.prod(plane[3:]))
     rows_in = (hw // stride // bands - 1) * stride + 3
     assert rows_in * row_bytes <= PLANE_BAND_BYTES < plane[2] * row_bytes if bands > 1 \
@@ -305,6 +318,26 @@ def test_reduction_runs_several_outputs_side_by_side(c, hw, chains):
     loops = [sch.get(lp) for lp in sch.get_loops(update)]
     assert loops[-1].kind == tvm.tirx.ForKind.UNROLLED and int(loops[-1].extent) == chains
     assert [int(lp.extent) for lp in loops[-3:-1]] == [hw, hw]  # the reduction, outside the chains
+
+
+@pytest.mark.parametrize("c, hw, whole_fill", [(192, 56, False), (96, 112, False), (64, 56, False),
+                                                (576, 14, True)])
+def test_strided_window_plane_is_written_once(c, hw, whole_fill):
+    """A strided window's de-interleaved plane is built row by row in parts (border, input's
+    columns, border: conv._copy_row_parts), each element written once, where the input's part
+    of a row holds a whole register; shorter rows keep the zero fill of the whole plane before
+    the copy (decompose_padding's `pad_temp_pad_const` block)."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    k = 5 if c == 64 else 3
+    model = conv(c, c, hw, k=k, stride=2, groups=c, pad=k // 2)
+    mod = compiler.import_onnx(model, "x", (1, c, hw, hw))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    text = func.script()
+    assert ('sblock("pad_temp_pad_const")' in text) == whole_fill
+    assert ('sblock("pad_temp_ax21")' in text) == (not whole_fill)
+    tvm.s_tir.Schedule(func)  # well-formed TIR (a partition of a split loop is not)
 
 
 def test_fire_module_runs_without_concat(tmp_path):
