@@ -88,13 +88,6 @@ def window_vector(w_out: int, lanes: int) -> tuple[int, int]:
 MIN_PARALLEL_WORK = 128 * 1024
 
 
-def many_short_planes(shape, elem_bytes: int = 4) -> bool:
-    """NCHW data of many planes of a page or less each: a kernel that walks all the channels at
-    one position opens a stream per plane, more than hardware prefetchers track, each too short to
-    train one (see pointwise_fvec._channels_last_input)."""
-    return len(shape) == 4 and shape[1] >= 64 and shape[2] * shape[3] * elem_bytes <= 4096
-
-
 def maybe_parallel(sch: s_tir.Schedule, loop, work: int, cores: int) -> None:
     if cores > 1 and work >= MIN_PARALLEL_WORK and (int_extent(sch, loop) or 0) > 1:
         sch.parallel(loop)

@@ -11,11 +11,9 @@ from tvm import s_tir
 from ..tags import PW_FVEC_TAG
 from ..target_info import CpuInfo
 from .common import (
-    MIN_PARALLEL_WORK,
     CpuRule,
     accumulate_locally,
     is_plain_copy,
-    many_short_planes,
     maybe_parallel,
     sole_reduction,
     split_vector,
@@ -43,37 +41,6 @@ def _k_block(k: int, bytes_per_k: int) -> int:
     return max(d for d in range(1, cap + 1) if k % d == 0)
 
 
-def _channels_last_input(sch: s_tir.Schedule, conv, pad, work: int, info: CpuInfo) -> bool:
-    """On several cores, copy the input (padded, when the conv pads) to [n, h, w, c] in a
-    parallel pass of its own; returns False, changing nothing, where that does not pay.
-
-    A tile reads one broadcast per (position, input channel). From NCHW that walks 512 planes at
-    once, more streams than a prefetcher follows; inside an inference the previous kernel has just
-    written the input on the other core, and every plane's first line is a cross-core miss.
-    512->512 @14x14, 2 threads: 0.37 ms alone, 0.50 right after the depthwise that feeds it;
-    channels-last, 0.41 and 0.42; the model: mobilenet_v1_100's five 512-channel layers 0.54 ->
-    0.46 ms each in context, fasternet_t0 -11%. On one core the copy only costs (mobilenet_v1_100
-    +2.6%), and large planes are prefetched well already (64 and 128 channels @56 lost)."""
-    stmt = sch.get(conv)
-    reads = [i for i, r in enumerate(stmt.reads) if len(r.source.shape) == 4]
-    shape = [int(d) for d in stmt.reads[reads[0]].source.shape] if len(reads) == 1 else []
-    # A 1x1 map (a head) is a plain copy; a kernel too small for the pool would wake it for this.
-    if info.cores < 2 or work < MIN_PARALLEL_WORK or not many_short_planes(shape) or shape[2] * shape[3] == 1:
-        return False
-    stage = pad if pad is not None else sch.cache_read(conv, reads[0], "global")
-    sch.transform_layout(stage, ("write", 0), lambda n, c, y, x: (n, y, x, c))
-    sch.transform_block_layout(stage, lambda n, c, y, x: (n, y, x, c))
-    n, y, x, c = sch.get_loops(stage)
-    # Element by element: vectorised along c, every vector is a 16-plane gather (0.07 ms on the
-    # 512 @14 map, vs 0.02 scalar). The row's positions innermost: each read runs along a plane
-    # row and only w output lines are open; channels innermost read one element from each of
-    # the C planes per position, C lines at once (576: 36 KB, over a 32 KB L1). 576->96 @14 0.143
-    # -> 0.137 ms (2 threads, hot); mobilenet_v2_100 0.98 of its latency, interleaved A/B.
-    sch.reorder(c, x)
-    sch.parallel(sch.fuse(n, y))
-    return True
-
-
 class PointwiseFVec(CpuRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list, info: CpuInfo):
         convs = [b for b in blocks if sch.get(b).name_hint == PW_FVEC_TAG]
@@ -95,10 +62,15 @@ class PointwiseFVec(CpuRule):
         work = 1  # multiply-adds
         for iv in stmt.iter_vars:
             work *= int(iv.dom.extent)
-        if len(pads) > 1 or not _channels_last_input(sch, conv, pads[0] if pads else None, work, info):
-            for blk in pads:
-                # Padding: its own parallel pass (inlined, every broadcast would carry a bounds test).
-                _schedule_pad_stage(sch, blk, info.lanes, 1, info.cores)
+        # The input is read where it is, NCHW: a tile's broadcasts walk the planes at one position.
+        # A channels-last copy first ([n, h, w, c], made on several cores from an Intel Xeon's
+        # measurements: "every plane's first line a cross-core miss") cost more than it saved
+        # on a Zen 4 once the tiles' accumulators were in registers: alone, one thread, 384->64
+        # @14 0.115 -> 0.086 ms, 576->96 @14 0.247 -> 0.194; whole models 0.83-0.97 of their
+        # latency at 2 threads (the commit that removed it has the figures).
+        for blk in pads:
+            # Padding: its own parallel pass (inlined, every broadcast would carry a bounds test).
+            _schedule_pad_stage(sch, blk, info.lanes, 1, info.cores)
         last = accumulate_locally(sch, blocks, conv)
         # Accumulator as [n, p, f]: one register = b consecutive channels of one position.
         sch.transform_layout(conv, ("write", 0), lambda nn, ff, yy, xx: (nn, yy * w + xx, ff))
