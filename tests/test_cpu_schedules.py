@@ -336,6 +336,22 @@ def test_strided_window_plane_is_written_once(c, hw, whole_fill):
     tvm.s_tir.Schedule(func)  # well-formed TIR (a partition of a split loop is not)
 
 
+@pytest.mark.parametrize("cin, cout, hw, chunked", [(512, 512, 14, False), (256, 512, 14, False),
+                                                  (320, 1280, 7, True), (1024, 1024, 7, True)])
+def test_k_chunks_only_where_a_channel_blocks_accumulators_fit_l1(cin, cout, hw, chunked):
+    """A wide channel-vector convolution walks its input channels in chunks (each chunk's weights
+    stay in L1, every position per chunk) only where the accumulators of a whole channel block
+    fit L1_ACCUMULATOR_BYTES: 7x7 maps, not 14x14 (49 KB, which spilled and ran slower)."""
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
+    mod = compiler.import_onnx(conv(cin, cout, hw), "x", (1, cin, hw, hw))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = tvm.s_tir.Schedule(func)
+    extents = [int(sch.get(lp).extent) for lp in sch.get_loops(sch.get_sblock("edge_pw_fvec_update"))]
+    assert (cin not in extents) == chunked  # the whole K as one loop, or chunks of it
+
+
 def test_fire_module_runs_without_concat(tmp_path):
     """The concat of a fire module is gone from the compiled graph (its consumers read the
     pieces), and the partial convolutions keep bias, sum and activation in one kernel."""
@@ -411,11 +427,11 @@ def _host_llvm_ir(executable) -> str:
 
 
 # Each: a 16 x 96 pointwise tile (6 x 4 AVX-512 registers, 1.5 KB of accumulators) per pixel
-# tile, the 576 @14 s2 depthwise's padded plane (1.2 KB) per channel; the 512 @14 channel-vector
-# conv's accumulators of a whole channel block (196 x 64 floats, 49 KB: its K chunks walk every
-# position) stay in the workspace pool.
+# tile, the 576 @14 s2 depthwise's padded plane (1.2 KB) per channel; the padded input of the
+# 3x3 64->256 @13 (64 planes of 15 x 15, 56 KB), built once in a pass of its own, stays in the
+# workspace pool.
 @pytest.mark.parametrize("case, workspace_calls", [
-    ((16, 96, 112, 1, 1, 1), False), ((576, 576, 14, 3, 2, 576), False), ((512, 512, 14, 1, 1, 1), True)])
+    ((16, 96, 112, 1, 1, 1), False), ((576, 576, 14, 3, 2, 576), False), ((64, 256, 13, 3, 1, 1), True)])
 def test_scratch_buffers_are_allocas_not_workspace_calls(case, workspace_calls):
     """A register tile's accumulator and a window's padded plane are allocated inside the
     parallel loop, once per tile or channel: as TVM's workspace allocations they cost two runtime

@@ -22,6 +22,8 @@ from .conv import _pick_mr, _schedule_pad_stage
 
 # Bytes of one K chunk of a tile's weights that should stay in L1 (most L1D are 32-48 KB).
 L1_WEIGHT_BYTES = 24 * 1024
+# Bytes of accumulators (every position x one channel block) that K-chunked tiles may keep in L1.
+L1_ACCUMULATOR_BYTES = 24 * 1024
 # What one operand load (weight vector or broadcast) costs beside one FMA, in the tile choice.
 LOAD_COST = 0.5
 
@@ -111,10 +113,15 @@ class PointwiseFVec(CpuRule):
         k_ext = int(stmt.iter_vars[4].dom.extent)
         n_ftiles = f_ext // (nf * b)
         kc = _k_block(k_ext, nf * b * taps * 4)
-        if kc < k_ext and n_ftiles >= 2 * info.cores:
+        acc_bytes = hw * nf * b * 4
+        if kc < k_ext and n_ftiles >= 2 * info.cores and acc_bytes <= L1_ACCUMULATOR_BYTES:
             # Cache blocking: this tile's weights (nf*b channels x K) overflow L1 (512->512 @14:
             # 128 KB re-read from L2 for every 4 positions). Walk all positions per K chunk so the
             # chunk's weights stay in L1; the accumulators of the whole channel block live in L1.
+            # Only where they fit it: a 14x14 map's (196 x 64 floats, 49 KB) spill to L2 and TVM's
+            # workspace pool, and tile by tile over all of K was faster (alone, hot, 1 thread:
+            # 512->512 @14 0.961 -> 0.909 ms, 256->512 @14 0.518 -> 0.467); 7x7 maps (12 KB) keep
+            # it (320->1280 @7 0.374 vs 0.385 without, 1024->1024 @7 even).
             rc = rloops[0]
             rco, rci = sch.split(rc, factors=[None, kc])
             sch.reorder(nn, fo, rco, po, rci, *rloops[1:], pi, fu, fv)
