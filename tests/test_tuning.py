@@ -7,6 +7,7 @@ and no cost model, into a temporary records root (never the repository's tuning/
 """
 
 import dataclasses
+import io
 import json
 import shutil
 
@@ -79,8 +80,11 @@ def test_defaults_are_measured_for_every_task(tuned):
     assert len(defaults) == registered["tasks"]
     assert all(0 < v["default_ms"] < 1000 for v in defaults.values())
     assert all(len(v["default_schedule"]) == 16 for v in defaults.values())
+    by_task = {v["task"]: v for v in defaults.values()}
     for row in r.tasks:
-        assert row["record_used"] == tuning.record_wins(row["default_ms"], row["record_ms"])
+        # Won the head-to-head, and the in-context check where one ran (tune.run._check_in_context).
+        assert row["record_used"] == tuning.entry_wins(by_task[row["task"]])
+        assert row["record_used"] <= tuning.record_wins(row["default_ms"], row["record_ms"])
         assert row["record_ms"] is not None  # timed head to head with the default
 
 
@@ -90,8 +94,49 @@ def _with_defaults(root, dest, default_ms):
     here = tuning.records_dir(get_target("x86"), root)
     shutil.copytree(here, dest / here.name)
     defaults = tuning.read_defaults(dest / here.name)
-    tuning.write_defaults(dest / here.name, {k: v | {"default_ms": default_ms} for k, v in defaults.items()})
+    # Without the in-context figures of the tiny run: the head-to-head alone decides here.
+    tuning.write_defaults(dest / here.name, {
+        k: {f: x for f, x in v.items() if not f.startswith("context_")} | {"default_ms": default_ms}
+        for k, v in defaults.items()})
     return dest / here.name
+
+
+def test_records_that_lose_inside_the_inference_are_not_applied(tuned, tmp_path, monkeypatch):
+    """Records that won the head-to-head but ran slower inside whole inferences (tune's
+    in-context check, the context_* figures) are not used; where they won there too, they are."""
+    root, _ = tuned
+    for name, context, applied in (("lost", (1e-9, 1.0), 0), ("won", (1.0, 1e-9), TASKS)):
+        d = _with_defaults(root, tmp_path / name, 1e3)
+        tuning.write_defaults(d, {k: v | {"context_default_ms": context[0], "context_record_ms": context[1]}
+                                  for k, v in tuning.read_defaults(d).items()})
+        monkeypatch.setenv("EDGECOMPILE_TUNING_DIR", str(d.parent))
+        a = build(BuildOptions(MODEL, "x86", output_dir=tmp_path / f"{name}-out", input_size=SIZE),
+                  quiet=True)
+        assert a.manifest["tuning"]["tasks_tuned"] == applied, name
+
+
+def test_in_context_check_times_every_winner_inside_whole_inferences(tuned, tmp_path):
+    """tune's in-context check builds the model with its records and without, and finds every
+    head-to-head winner among the model's kernels (task names are the kernels' names), timed in
+    both builds."""
+    from edgecompile.backend import metaschedule as tt
+    from edgecompile.pipeline.build import final_graph
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+
+    root, _ = tuned
+    d = _with_defaults(root, tmp_path / "slow-defaults", 1e3)  # every record wins the head-to-head
+    preset = get_target("x86")
+    g = final_graph(BuildOptions(MODEL, "x86", input_size=SIZE))
+    target = tuning.tuning_target(preset, 2)
+    tasks = tt.extract_tasks(tt.prepare(g.folded, INPUT_NAME, g.spec.input_shape, target), target)
+    database = tt.open_database(d)
+    hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
+    winners = [t for t in tasks if tuning.entry_wins(tuning.read_defaults(d).get(hashes[t.name], {}))]
+    assert len(winners) == TASKS
+    decided = tune_run._check_in_context(g.folded, g.spec.input_shape, preset, d, tasks, hashes, 2,
+                                         io.StringIO())
+    for t in winners:
+        assert decided[t.name]["context_default_ms"] > 0 and decided[t.name]["context_record_ms"] > 0
 
 
 def test_build_applies_records_that_win_and_says_so(tuned, tmp_path, monkeypatch):

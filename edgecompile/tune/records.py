@@ -40,7 +40,9 @@ from edgecompile.targets import TargetPreset
 KEY_FILE = "key.json"
 # Workload hash -> {"task", "default_ms", "record_ms", "default_schedule"}: the default schedule's
 # latency and the best record's, timed head to head by tune on the tuning device, and which
-# default schedule that was (backend.metaschedule.default_schedule_id).
+# default schedule that was (backend.metaschedule.default_schedule_id); for a record that won
+# there, tuned on this host, also "context_default_ms" / "context_record_ms": the two timed
+# inside whole inferences of the model (tune.run._check_in_context).
 DEFAULTS_FILE = "defaults.json"
 # A record is used where its latency is below this share of the default's: timings of one
 # kernel vary by a few percent run to run, and a record that only ties is not worth the risk
@@ -279,6 +281,20 @@ def record_wins(default_ms: float | None, record_ms: float | None) -> bool:
     return default_ms is not None and record_ms is not None and record_ms < RECORD_MARGIN * default_ms
 
 
+def entry_wins(entry: dict[str, Any]) -> bool:
+    """Whether a task's record is used, from its entry in defaults.json: it won the head-to-head
+    and, where tune also timed the two inside whole inferences (its in-context check: the
+    ``context_*`` keys), it won there as well -- a record the check could not find in the
+    model's calls is not used. Alone and hot, records beat our default schedules by 5-47% and
+    then ran slower inside the inference (a Zen 4: mobilenet_v2_100's records build 1.10x the
+    default build's latency, mobilenext_100's 1.04x)."""
+    if not record_wins(entry.get("default_ms"), entry.get("record_ms")):
+        return False
+    if "context_record_ms" in entry:
+        return record_wins(entry.get("context_default_ms"), entry.get("context_record_ms"))
+    return True
+
+
 # A GPU's limits MetaSchedule searches within: the target's attribute <- the device's own (TVM
 # DeviceAttrKind names, read over RPC). The lower of the preset's and the device's is used.
 GPU_LIMITS = {"max_threads_per_block": "max_threads_per_block",
@@ -416,7 +432,7 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
         # database's best, which was timed at another moment than the default; and only while
         # the default is still the schedule it was timed against (`tune --recheck` re-times).
         entry = defaults.get(workload, {})
-        if not record_wins(entry.get("default_ms"), entry.get("record_ms")):
+        if not entry_wins(entry):
             return False
         if entry.get("default_schedule") != tt.default_schedule_id(task, target):
             stale.append(task.name)

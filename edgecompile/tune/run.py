@@ -18,6 +18,7 @@ from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
 from edgecompile.errors import EdgeCompileError, UsageError
 from edgecompile.tune.records import (
     compact_records,
+    entry_wins,
     finish_compaction,
     graph_fingerprint,
     is_gpu,
@@ -249,6 +250,9 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         database = tt.open_database(directory)  # re-read: everything appended this run
         decided = _decide(tasks, hashes, ids, database, directory, build_target, builder, runner,
                           stream)
+        if not remote and any(entry_wins(decided[t.name]) for t in tasks):
+            decided = _check_in_context(model, shape, preset, directory, tasks, hashes, threads,
+                                        stream)
 
     rows = [_task_row(t, st, database, directory, target, hashes[t.name], decided[t.name])
             for t, st in zip(tasks, states, strict=True)]
@@ -316,6 +320,67 @@ def _decide(tasks, hashes: dict[str, str], ids: dict[str, str], database, direct
     return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
 
 
+# Whole inferences per build and rounds of the two builds, alternating, in the in-context check.
+CONTEXT_RUNS = 20
+CONTEXT_ROUNDS = 3
+
+
+def _check_in_context(model, shape, preset, directory: Path, tasks, hashes: dict[str, str],
+                      threads: int, stream) -> dict[str, dict]:
+    """The records that won the head-to-head, timed again where they run: the model built with
+    its records and without, each kernel timed inside whole inferences (the VM's calls, as
+    scripts/bench_in_context.py), the fastest of CONTEXT_ROUNDS alternating rounds per build.
+    Each winner's entry in defaults.json gets both figures; entry_wins then asks for a win
+    there too. (Alone and hot, a record measures against a default whose inputs and weights are
+    in cache; inside an inference they are not, and our defaults are built for that.)"""
+    import tempfile
+
+    from edgecompile.pipeline.stages.compile import compile_onnx
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+
+    stored = read_defaults(directory)
+    winners = [t for t in tasks if entry_wins(stored.get(hashes[t.name], {}))]
+    stream.write(f"timing {len(winners)} winning records against the defaults inside whole "
+                 "inferences\n")
+    with tempfile.TemporaryDirectory(prefix="edgecompile-context-") as tmp:
+        libs = {kind: compile_onnx(model, INPUT_NAME, shape, preset, Path(tmp) / f"{kind}.so",
+                                   records=mode).path
+                for kind, mode in (("default", "none"), ("record", "exact"))}
+        rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in libs}
+        for _ in range(CONTEXT_ROUNDS):
+            for kind, lib in libs.items():
+                rounds[kind].append(_kernel_times_in_context(lib, shape, threads))
+    for t in winners:
+        entry = stored[hashes[t.name]]
+        for kind in libs:
+            secs = [r[t.name] for r in rounds[kind] if t.name in r]
+            entry[f"context_{kind}_ms"] = round(min(secs) * 1e3, 5) if secs else None
+        if entry["context_default_ms"] is None or entry["context_record_ms"] is None:
+            stream.write(f"{t.name}: not among the built model's kernels, its record not used\n")
+    write_defaults(directory, stored)
+    return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
+
+
+def _kernel_times_in_context(lib: Path, shape, threads: int) -> dict[str, float]:
+    """Seconds each kernel takes inside an inference (all its calls), the median of CONTEXT_RUNS."""
+    import numpy as np
+
+    from edgecompile.backend import runtime
+    from edgecompile.pipeline import numerics
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+
+    loaded = runtime.load_local(lib, "cpu", INPUT_NAME)
+    loaded.configure_threads(threads, "default")
+    x = loaded.put(numerics.parity_inputs(shape[0], tuple(shape[1:])))
+    for _ in range(3):
+        loaded.run_uploaded(x)
+    calls = [loaded.call_times(x) for _ in range(CONTEXT_RUNS)]
+    out: dict[str, float] = {}
+    for i, (name, _) in enumerate(calls[0]):
+        out[name] = out.get(name, 0.0) + float(np.median([c[i][1] for c in calls]))
+    return out
+
+
 def _task_row(t, st, database, directory: Path, target, shash: str,
               decided: dict[str, Any]) -> dict[str, Any]:
     from edgecompile.backend import metaschedule as tt
@@ -324,7 +389,7 @@ def _task_row(t, st, database, directory: Path, target, shash: str,
     n = trials_done(directory, shash, n)
     best_ms = None if best is None else round(best * 1e3, 4)
     default_ms, record_ms = decided.get("default_ms"), decided.get("record_ms")
-    wins = record_wins(default_ms, record_ms)
+    wins = entry_wins(decided)
     used_ms = record_ms if wins else default_ms
     return {
         "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
