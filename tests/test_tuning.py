@@ -133,8 +133,10 @@ def test_in_context_check_times_every_winner_inside_whole_inferences(tuned, tmp_
     hashes = {t.name: tt.workload_hash(database, t) for t in tasks}
     winners = [t for t in tasks if tuning.entry_wins(tuning.read_defaults(d).get(hashes[t.name], {}))]
     assert len(winners) == TASKS
-    decided = tune_run._check_in_context(g.folded, g.spec.input_shape, preset, d, tasks, hashes, 2,
-                                         io.StringIO())
+    out = io.StringIO()
+    decided = tune_run._check_in_context(g.folded, g.spec.input_shape, preset, d, tasks, hashes, 2, out)
+    # The records build read this database (not the shipped one, nor $EDGECOMPILE_TUNING_DIR).
+    assert f"the records build uses {TASKS} records" in out.getvalue()
     for t in winners:
         assert decided[t.name]["context_default_ms"] > 0 and decided[t.name]["context_record_ms"] > 0
 

@@ -342,10 +342,16 @@ def _check_in_context(model, shape, preset, directory: Path, tasks, hashes: dict
     winners = [t for t in tasks if entry_wins(stored.get(hashes[t.name], {}))]
     stream.write(f"timing {len(winners)} winning records against the defaults inside whole "
                  "inferences\n")
-    with tempfile.TemporaryDirectory(prefix="edgecompile-context-") as tmp:
-        libs = {kind: compile_onnx(model, INPUT_NAME, shape, preset, Path(tmp) / f"{kind}.so",
-                                   records=mode).path
-                for kind, mode in (("default", "none"), ("record", "exact"))}
+    # The records build reads this tuning run's database (a --records-dir root, or the shipped
+    # one), whatever EDGECOMPILE_TUNING_DIR says.
+    with tempfile.TemporaryDirectory(prefix="edgecompile-context-") as tmp, \
+            _environ(EDGECOMPILE_TUNING_DIR=str(directory.parent)):
+        built = {kind: compile_onnx(model, INPUT_NAME, shape, preset, Path(tmp) / f"{kind}.so",
+                                    records=mode)
+                 for kind, mode in (("default", "none"), ("record", "exact"))}
+        applied = built["record"].tuning.get("tasks_tuned", 0)
+        stream.write(f"the records build uses {applied} records\n")
+        libs = {kind: lib.path for kind, lib in built.items()}
         rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in libs}
         for _ in range(CONTEXT_ROUNDS):
             for kind, lib in libs.items():
