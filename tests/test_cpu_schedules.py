@@ -153,6 +153,15 @@ CASES = {
     "regular 3x3 64->256 @13 (SqueezeNet's expand: channel vectors, padded input its own pass)":
         conv(64, 256, 13, k=3, act="relu"),
     "depthwise 3x3 s1 58 @7": conv(58, 58, 7, k=3, groups=58),
+    "depthwise 3x3 s1 96 @7 + relu6 (flat map: 4 vectors of 16, masked at row ends)":
+        conv(96, 96, 7, k=3, groups=96, act="relu6"),
+    "depthwise 3x3 s1 144 @7 + relu6 + residual (flat map, residual in the epilogue)":
+        conv(144, 144, 7, k=3, groups=144, act="relu6", residual=True),
+    "depthwise 5x5 s1 40 @10 (flat map, two masked columns each side)": conv(40, 40, 10, k=5, groups=40),
+    "depthwise 3x3 s1 24 @3 (flat map shorter than a register)": conv(24, 24, 3, k=3, groups=24),
+    "depthwise 3x3 s1 72 @14 (rows: the flat map would take two tiles)": conv(72, 72, 14, k=3, groups=72),
+    "depthwise 3x3 s1 no padding 16 @9 (output rows shorter than input rows: row kernel)":
+        conv(16, 16, 9, k=3, groups=16, pad=0),
     "depthwise 3x3 s2 144 @56 + relu6": conv(144, 144, 56, k=3, stride=2, groups=144, act="relu6"),
     "depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)":
         conv(96, 96, 112, k=3, stride=2, groups=96, act="relu6"),
@@ -419,6 +428,36 @@ def test_window_rows_are_whole_vectors_not_llvm_pieces(case, window_too):
     assert window, (case, widths)
     for name, w in epilogue + (window if window_too else []):
         assert _llvm_pieces(w, lanes) <= -(-w // lanes) + 1, (case, name, w)
+
+
+# (channels, map, vector width, outputs computed flat (whole registers), or None: row kernel)
+@pytest.mark.parametrize("c, hw, width, flat", [
+    (96, 7, "avx512-16", 64),  # 49 outputs: 4 registers (rows: 7 of 8 lanes, 7 used)
+    (24, 3, "avx512-16", 16),  # 9 outputs: one register (rows: 3 of 4-lane vectors)
+    (40, 10, "avx512-16", 112),  # 100 outputs: 7 registers
+    (144, 14, "avx512-16", None),  # 196 outputs: 13 registers, more than one tile holds
+    (32, 112, "avx512-16", None),  # rows of whole registers
+    (96, 7, "avx2-8", 56),  # 7 registers, no more than 7 rows of 8 lanes
+    (144, 14, "avx2-8", None),  # rows longer than a register
+    (96, 7, "sse-4", None)])
+def test_small_map_depthwise_runs_along_the_flat_map(c, hw, width, flat):
+    """A stride-1 depthwise conv whose rows are shorter than a register runs along the
+    flattened map (flat_depthwise.py, rules/depthwise_flat.py): the whole map in one tile of
+    whole registers, at most 8 (32 registers) or 7 (16), so that the row-end masks are
+    constants; the tap loop vectorised one register wide."""
+    lanes = int(width.split("-")[1])
+    target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS[width], "num-cores": 2})
+    mod = compiler.import_onnx(conv(c, c, hw, k=3, groups=c, act="relu6"), "x", (1, c, hw, hw))
+    with target:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert ("edge_dw_flat_update" in func.script()) == (flat is not None)
+    if flat is not None:
+        sch = tvm.s_tir.Schedule(func)
+        update = sch.get_sblock("edge_dw_flat_update")
+        assert [int(d) for d in sch.get(update).writes[0].source.shape] == [1, c, flat]
+        vector = sch.get(sch.get_loops(update)[-1])
+        assert vector.kind == tvm.tirx.ForKind.VECTORIZED and int(vector.extent) == lanes
 
 
 def _host_llvm_ir(executable) -> str:

@@ -16,12 +16,15 @@ Also: a matmul with constant weights (the classifier) -> `edge_dense` on weights
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import tvm
 from tvm import relax, te, topi
 from tvm.ir import Op
 from tvm.target import Target
 
+from .flat_depthwise import FlatPlan, flat_depthwise, flat_plan
 from .rules.common import split_vector, vector_pieces, window_vector
 from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
@@ -173,7 +176,8 @@ class _Conv:
 
 
 def make_conv2d_legalizer(target: Target):
-    lanes = cpu_info(target).lanes
+    info = cpu_info(target)
+    lanes = info.lanes
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         a = call.attrs
@@ -218,7 +222,7 @@ def make_conv2d_legalizer(target: Target):
         # short per-tile overhead win (stem 3->64 @111: 0.40 ms rows vs 1.17 ms channels).
         if fvec_util and fvec_util >= row_util + 0.1:
             return _fvec_conv2d(bb, cv, wnp, lanes, f_pad) if use_pad else _fvec_conv2d(bb, cv, wnp, b)
-        return _direct_conv2d(bb, cv, wnp, lanes)
+        return _direct_conv2d(bb, cv, wnp, lanes, info.vregs)
 
     return legalize
 
@@ -291,9 +295,13 @@ def _splits_narrow(w_out: int, lanes: int) -> bool:
     return d < lanes and (d & -d) < lanes // 2
 
 
-def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: int) -> relax.Expr:
+def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: int, vregs: int) -> relax.Expr:
     """Row-vector conv; a poorly divisible row is rounded up to whole vectors and cropped."""
     depthwise = cv.icpg == 1 and cv.groups > 1
+    plan = _flat_plan(cv, lanes, vregs) if depthwise else None
+    if plan is not None:
+        return bb.call_te(partial(flat_depthwise, plan=plan), cv.x, relax.const(wnp, cv.dtype),
+                          primfunc_name_hint="conv2d_dw")
     if depthwise and cv.sw == 1:
         # Stride-1 depthwise: whole registers (x86 splits a <14 x float> load into 8+4+2-wide
         # loads and shuffles; 144ch@56: 0.143 ms rounded to 64 vs 0.166 ms with 14-wide vectors).
@@ -348,3 +356,20 @@ def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: in
         return out
 
     return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d")
+
+
+
+def _flat_plan(cv: _Conv, lanes: int, vregs: int) -> FlatPlan | None:
+    """A plan to run this depthwise conv along its flattened map (flat_depthwise.py): where its
+    rows are shorter than a register (stored as scalars, part of each vector idle) and the whole
+    map fits one register tile of no more vectors than its rows take: 7x7 and smaller at 16
+    lanes, 7x7 at 8. Rows of a register or more keep the row kernel: 192 @28 and 144 @56 ran
+    1.07x and 1.37x slower flat (16 lanes, one thread), their accumulators going through a
+    stack buffer for the epilogue where rows keep them in registers."""
+    # Output columns = input columns: one flat index serves both. (A 1-wide map has nothing to
+    # flatten: its masked column index folds away and TVM cannot then vectorize the tile.)
+    if (cv.sh, cv.sw, cv.dh, cv.dw) != (1, 1, 1, 1) or cv.pl + cv.pr != cv.kw - 1 or not 1 < cv.w < lanes:
+        return None
+    plan = flat_plan(cv.h, cv.w, cv.h_out, cv.pt, cv.pl, cv.kh, cv.kw, lanes, vregs)
+    rows = cv.h_out * -(-_run_width(cv.w_out, lanes) // lanes)
+    return plan if plan is not None and plan.vectors <= rows else None
