@@ -10,6 +10,8 @@ vector fills more SIMD lanes (the graph itself stays NCHW: no layout transforms 
   output channels, for small maps (7x7, 14x14, 13x13...) whose rows would leave lanes idle, yet
   which carry most of a MobileNet's FLOPs. Needs weights blocked [C_out/b, C_in/g, kh, kw, b];
   they are constants, so they are reordered here once, at build time (numpy), never at run time.
+* `edge_dw_flat` (flat_depthwise.py): a stride-1 depthwise conv on a map narrower than a
+  register (7x7 at 16 lanes), along the flattened map, the whole map one register tile.
 
 Also: a matmul with constant weights (the classifier) -> `edge_dense` on weights re-blocked
 [J/T, K, T] (see _dense), and erf -> TOPI's fast_erf (see _fast_erf).
