@@ -16,7 +16,7 @@ from typing import Any
 import tvm_ffi
 
 from edgecompile.backend.core import load_tvm
-from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX, CONV_TAG, PW_FVEC_TAG
+from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX, CONV_TAG, DW_FLAT_TAG, PW_FVEC_TAG
 
 OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
               "data_movement", "elementwise")
@@ -116,6 +116,8 @@ def classify(func, name: str = "") -> str:
         return "data_movement" if any(_moves_with(w, _MOVES) for w in words) else "elementwise"
     anchor = max(reductions, key=_iterations)
     block_name = anchor.name_hint.lower()
+    if block_name == DW_FLAT_TAG:
+        return "depthwise"  # along the flattened map: no output row to tell it by
     if "conv" in block_name or block_name in (CONV_TAG, PW_FVEC_TAG):
         return _conv_class(anchor)
     if "matmul" in block_name or "dense" in block_name:

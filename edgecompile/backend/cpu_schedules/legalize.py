@@ -360,7 +360,6 @@ def _direct_conv2d(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: in
     return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d")
 
 
-
 def _flat_plan(cv: _Conv, lanes: int, vregs: int) -> FlatPlan | None:
     """A plan to run this depthwise conv along its flattened map (flat_depthwise.py): where its
     rows are shorter than a register (stored as scalars, part of each vector idle) and the whole
