@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te
 
-from .tags import DW_FLAT_TAG, PLANE_START_ATTR
+from .tags import DW_FLAT_TAG, PLANE_MAP_ATTR
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def flat_depthwise(data: te.Tensor, weight: te.Tensor, plan: FlatPlan) -> te.Ten
     start = -(-first // lanes) * lanes  # ... moved onto a vector boundary
     shift = start - first
     length = max(plan.vectors * lanes + (plan.kh - 1) * w + plan.kw - 1 + shift, start + plan.h * w)
-    vectors = -(-length // lanes)  # the plane as [vector, lane]: its copy is partitioned by vector
+    plane_vectors = -(-length // lanes)  # the plane as [vector, lane]: its copy is partitioned by vector
     dtype = data.dtype
     zero = tvm.tirx.const(0, dtype)
 
@@ -73,7 +73,9 @@ def flat_depthwise(data: te.Tensor, weight: te.Tensor, plan: FlatPlan) -> te.Ten
         inside = tvm.tirx.all(j >= start, j < start + plan.h * w)
         return tvm.tirx.if_then_else(inside, data[nn, cc, (j - start) // w, (j - start) % w], zero)
 
-    plane = te.compute((n, c, vectors, lanes), copy, name="dw_plane", attrs={PLANE_START_ATTR: start})
+    # Where the map lies in the plane, for the schedule's partition of the copy.
+    plane = te.compute((n, c, plane_vectors, lanes), copy, name="dw_plane",
+                       attrs={PLANE_MAP_ATTR: [start, start + plan.h * w]})
     ry = te.reduce_axis((0, plan.kh), name="ry")
     rx = te.reduce_axis((0, plan.kw), name="rx")
 

@@ -2,7 +2,7 @@
 PW_FVEC_TAG = "edge_pw_fvec"  # pointwise conv, vector along output channels (blocked weights)
 DENSE_TAG = "edge_dense"  # matmul with constant weights, re-blocked [J/T, K, T] (legalize.py)
 DW_FLAT_TAG = "edge_dw_flat"  # stride-1 depthwise conv along the flattened map (legalize.py)
-PLANE_START_ATTR = "edge_plane_start"  # where a flat depthwise plane's map starts (its margin)
+PLANE_MAP_ATTR = "edge_plane_map"  # [start, end) of the map in a flat depthwise plane (its margins)
 CONV_TAG = "edge_conv"  # NCHW conv (regular / grouped / depthwise), vector along the row
 # A partial convolution that stands for one piece of a removed concat (concat_split.py) is
 # its own kernel, named after its function with this suffix.

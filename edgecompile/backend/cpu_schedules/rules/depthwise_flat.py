@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from ..tags import DW_FLAT_TAG, PLANE_START_ATTR
+from ..tags import DW_FLAT_TAG, PLANE_MAP_ATTR
 from ..target_info import CpuInfo
 from .common import CpuRule, accumulate_locally, int_extent, maybe_parallel
 from .conv import _vec_tail
@@ -63,15 +63,12 @@ def _copy_between_margins(sch: s_tir.Schedule, plane, lanes: int) -> None:
     (zeros), the map's whole vectors, the vector where the map ends, the bottom margin. In each
     part but the third TVM's simplifier drops the range test, so the copy is plain vector loads
     and stores. (Partitioned by vector: a partition that does not start at 0 cannot be split.)"""
-    blk = sch.get(plane)
     jv, jl = sch.get_loops(plane)[-2:]
-    src = blk.reads[0].source.shape
-    hw = int(src[2]) * int(src[3])
-    start = int(blk.annotations[PLANE_START_ATTR]) // lanes
+    start, end = (int(e) for e in sch.get(plane).annotations[PLANE_MAP_ATTR])  # start: whole vectors
+    hw = end - start
+    start //= lanes
     sizes = [start, hw // lanes, 1 if hw % lanes else 0, int_extent(sch, jv) - start - -(-hw // lanes)]
     factors = [s for s in sizes if s > 0]
     sch.vectorize(jl)  # before the partition, which copies the lane loop into each part
     if len(factors) > 1:
         sch.loop_partition(jv, factors=factors[:-1] + [None])
-
-
