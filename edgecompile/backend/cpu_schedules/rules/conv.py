@@ -172,8 +172,10 @@ class Conv2DNCHW(CpuRule):
             nv, vl, mr = _row_tile(w_out, f_ext, info)
             fo, fi = sch.split(f, factors=[None, mr])
             xo, xu, xv_ = sch.split(x, factors=[None, nv, vl])
-            sch.reorder(n, fo, y, xo, *rloops, fi, xu, xv_)
-            outer = sch.fuse(n, fo, y)
+            # Rows outermost: each core's share is a band of rows, as in the kernels around it
+            # (see common.py, "a core keeps its rows").
+            sch.reorder(n, y, fo, xo, *rloops, fi, xu, xv_)
+            outer = sch.fuse(n, y, fo)
             maybe_parallel(sch, outer, work, info.cores)
             sch.reverse_compute_at(last, xo)
             inner_loops = [fi, xu]

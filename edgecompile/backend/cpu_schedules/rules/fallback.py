@@ -64,6 +64,12 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> N
             rest = rest + [io]
         elif ext is not None and 1 < ext <= 4 * lanes:
             sch.vectorize(inner)
+        if len(ivs) == 4 and len(rest) >= 3:
+            # NCHW: rows before channels, so that each core copies the rows it (and the kernels
+            # before and after) owns (common.py, "a core keeps its rows"). A channel shuffle
+            # moves channels, never rows: split by rows, it stays on each core.
+            sch.reorder(rest[2], rest[1])
+            rest = [rest[0], rest[2], rest[1], *rest[3:]]
         if rest:
             fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
             maybe_parallel(sch, fused, _work(sch, block), cores)
