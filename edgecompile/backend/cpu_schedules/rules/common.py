@@ -100,8 +100,9 @@ MIN_PARALLEL_WORK = 128 * 1024
 # (ShuffleNet v2 0.92, FasterNet-T0 0.94, SqueezeNet 1.1 0.95), one thread unchanged.
 
 
-def maybe_parallel(sch: s_tir.Schedule, loop, work: int, cores: int) -> None:
-    if cores > 1 and work >= MIN_PARALLEL_WORK and (int_extent(sch, loop) or 0) > 1:
+def maybe_parallel(sch: s_tir.Schedule, loop, work: int, cores: int,
+                   min_work: int = MIN_PARALLEL_WORK) -> None:
+    if cores > 1 and work >= min_work and (int_extent(sch, loop) or 0) > 1:
         sch.parallel(loop)
 
 

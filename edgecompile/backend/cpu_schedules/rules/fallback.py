@@ -16,6 +16,14 @@ from .common import CpuRule, child_blocks, int_extent, is_reduction, largest_div
 # 0.093 ms inside an inference on one Zen 4 thread (= 169K adds x 3 cycles) vs ONNX Runtime's 0.029.
 REDUCE_CHAINS = 8
 
+# Elements from which a data-movement, elementwise or reduction kernel runs on several cores: a
+# quarter of MIN_PARALLEL_WORK. Split by rows like the kernels around it (common.py, "a core keeps
+# its rows"), each core moves what it already holds; run on one core, that core pulls the other's
+# half. ShuffleNet v2's 58 @28 shuffles (45K elements per output) on two cores: the model
+# 0.92-0.97 of its latency at 2 threads (three interleaved A/Bs, 224 px); the other flagships
+# 0.93-0.98 (medians; the quietest rounds 0.95-1.00, MobileNet v2's one 1.15 in a noise burst).
+MIN_PARALLEL_ELEMENTS = 32 * 1024
+
 
 def _work(sch: s_tir.Schedule, block) -> int:
     work = 1
@@ -72,7 +80,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> N
             rest = [rest[0], rest[2], rest[1], *rest[3:]]
         if rest:
             fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
-            maybe_parallel(sch, fused, _work(sch, block), cores)
+            maybe_parallel(sch, fused, _work(sch, block), cores, MIN_PARALLEL_ELEMENTS)
     elif n_spatial >= 1:
         # Reduction: parallelise the spatial prefix, reduce inside, REDUCE_CHAINS outputs at once.
         fused = sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0]
@@ -81,7 +89,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> N
         if chains > 1:
             fused, ci = sch.split(fused, factors=[None, chains])
         # Parallel before decompose_reduction: TVM refuses a parallel loop over the init block.
-        maybe_parallel(sch, fused, _work(sch, block), cores)
+        maybe_parallel(sch, fused, _work(sch, block), cores, MIN_PARALLEL_ELEMENTS)
         if chains > 1:
             try:
                 sch.reorder(*loops[n_spatial:], ci)
