@@ -538,7 +538,8 @@ def _first_core_share(model, shape) -> list[tuple[int, int]]:
     (maxpool(64, 112), (1, 64, 112, 112), "rows"),  # the max pool after it
     (conv(480, 120, 14, groups=3), (1, 480, 14, 14), "channels"),  # a group reads its own inputs
     (conv(232, 232, 7), (1, 232, 7, 7), "channels"),  # more channels than positions
-], ids=["pointwise-116@14", "shuffle-116@56", "shuffle-58@28", "stem-3x3s2", "maxpool-64@112", "grouped-g3", "pointwise-232@7"])
+], ids=["pointwise-116@14", "shuffle-116@56", "shuffle-58@28", "stem-3x3s2", "maxpool-64@112",
+        "grouped-g3", "pointwise-232@7"])
 def test_each_core_keeps_its_rows_between_kernels(model, shape, split):
     """TVM splits a parallel loop statically; a kernel split by channels after one split by rows
     reads half its input from the other core's cache (rules/common.py, "a core keeps its rows").
