@@ -532,8 +532,8 @@ def _first_core_share(model, shape) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("model, shape, split", [
     (conv(116, 116, 14), (1, 116, 14, 14), "rows"),  # ShuffleNet v2's 1x1 convs
-    (shuffle(116, 2, 56), (1, 116, 56, 56), "rows"),  # a channel shuffle
-    (shuffle(58, 2, 28), (1, 58, 28, 28), "rows"),  # 45K elements: on both cores too
+    (shuffle(116, 2, 56), (1, 116, 56, 56), "channels"),  # a copy keeps whole planes
+    (shuffle(58, 2, 28), (1, 58, 28, 28), "channels"),  # 45K elements: on both cores too
     (conv(3, 24, 224, k=3, stride=2), (1, 3, 224, 224), "rows"),  # a stem
     (maxpool(64, 112), (1, 64, 112, 112), "rows"),  # the max pool after it
     (conv(480, 120, 14, groups=3), (1, 480, 14, 14), "channels"),  # a group reads its own inputs
@@ -543,8 +543,10 @@ def _first_core_share(model, shape) -> list[tuple[int, int]]:
 def test_each_core_keeps_its_rows_between_kernels(model, shape, split):
     """TVM splits a parallel loop statically; a kernel split by channels after one split by rows
     reads half its input from the other core's cache (rules/common.py, "a core keeps its rows").
-    Convolutions with every input feeding each output, and data movement, give each core a band
-    of rows and every channel; grouped convolutions and channel-heavy small maps keep channels."""
+    Convolutions with every input feeding each output, and pooling, give each core a band of
+    rows and every channel; grouped convolutions, channel-heavy small maps and copies (whole
+    planes: fallback.py) keep channels. Every case must have a parallel loop (a 45K-element
+    shuffle too: fallback.MIN_PARALLEL_ELEMENTS)."""
     first = _first_core_share(model, shape)
     dims = onnx.shape_inference.infer_shapes(model).graph.output[0].type.tensor_type.shape.dim
     channels, rows = dims[1].dim_value, dims[2].dim_value

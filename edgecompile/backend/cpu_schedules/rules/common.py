@@ -94,11 +94,13 @@ MIN_PARALLEL_WORK = 128 * 1024
 # several times slower than from one's own (on a 2-core Xeon VM, ShuffleNet v2's serial channel
 # shuffle took 16 us after a one-thread conv and 35 us after a two-thread one, and the whole
 # model ran no faster on two threads than on one). So the kernels that can are split by rows
-# (positions): convolutions with every input channel feeding each output, pooling, the data
-# movement. Depthwise kernels are still split by channel planes (each builds its padded plane:
-# by rows, the halo each band copies cost as much as the locality gave back).
+# (positions): convolutions with every input channel feeding each output, and pooling.
+# Depthwise kernels are still split by channel planes (each builds its padded plane: by rows,
+# the halo each band copies cost as much as the locality gave back), and so are copies and
+# shuffles (fallback.py: rows first cut every copy into row-long pieces).
 # Measured, 2 threads, interleaved, 224 px, the seven flagships: 0.92-1.00 of their latency
-# (ShuffleNet v2 0.92, FasterNet-T0 0.94, SqueezeNet 1.1 0.95), one thread unchanged.
+# (ShuffleNet v2 0.92, FasterNet-T0 0.94, SqueezeNet 1.1 0.95), one thread unchanged. (That
+# first version split the copies by rows as well; fallback.py says why they no longer are.)
 
 
 def maybe_parallel(sch: s_tir.Schedule, loop, work: int, cores: int,

@@ -17,11 +17,14 @@ from .common import CpuRule, child_blocks, int_extent, is_reduction, largest_div
 REDUCE_CHAINS = 8
 
 # Elements from which a data-movement, elementwise or reduction kernel runs on several cores: a
-# quarter of MIN_PARALLEL_WORK. Split by rows like the kernels around it (common.py, "a core keeps
-# its rows"), each core moves what it already holds; run on one core, that core pulls the other's
-# half. ShuffleNet v2's 58 @28 shuffles (45K elements per output) on two cores: the model
-# 0.92-0.97 of its latency at 2 threads (three interleaved A/Bs, 224 px); the other flagships
-# 0.93-0.98 (medians; the quietest rounds 0.95-1.00, MobileNet v2's one 1.15 in a noise burst).
+# quarter of MIN_PARALLEL_WORK. Run on one core, such a kernel pulls the half of its input that
+# the other core wrote. ShuffleNet v2's 58 @28 shuffles (45K elements per output) on two cores:
+# the model 0.92-0.97 of its latency at 2 threads (three interleaved A/Bs, 224 px), the other
+# flagships 0.93-0.98. (Those A/Bs had these kernels split by rows; split by channels, as they
+# are now, 32K against 128K: ShuffleNet v1 0.96 of its latency, v2 1.04 -- noise either way.)
+# Their loops keep NCHW order, channels outermost: rows first (each core the same rows as the
+# convolutions around it) broke every copy into row-long pieces and cost more than the locality
+# gave: without it ShuffleNet v1 / v2, SqueezeNet, MobileNet v2 0.88-0.97 of their latency.
 MIN_PARALLEL_ELEMENTS = 32 * 1024
 
 
@@ -72,12 +75,6 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int) -> N
             rest = rest + [io]
         elif ext is not None and 1 < ext <= 4 * lanes:
             sch.vectorize(inner)
-        if len(ivs) == 4 and len(rest) >= 3:
-            # NCHW: rows before channels, so that each core copies the rows it (and the kernels
-            # before and after) owns (common.py, "a core keeps its rows"). A channel shuffle
-            # moves channels, never rows: split by rows, it stays on each core.
-            sch.reorder(rest[2], rest[1])
-            rest = [rest[0], rest[2], rest[1], *rest[3:]]
         if rest:
             fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
             maybe_parallel(sch, fused, _work(sch, block), cores, MIN_PARALLEL_ELEMENTS)
