@@ -482,4 +482,3 @@ def test_scratch_buffers_are_allocas_not_workspace_calls(case, workspace_calls):
                                "x", (1, cin, hw, hw))
     ir = _host_llvm_ir(compiler.compile_module(mod, target))
     assert ("TVMBackendAllocWorkspace" in ir) == workspace_calls
-
