@@ -6,6 +6,8 @@ contiguous weight loads and mr broadcast inputs feed mr*nf FMAs. The accumulator
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tvm import s_tir
 
 from ..tags import PW_FVEC_TAG
@@ -26,6 +28,15 @@ L1_WEIGHT_BYTES = 24 * 1024
 L1_ACCUMULATOR_BYTES = 24 * 1024
 # What one operand load (weight vector or broadcast) costs beside one FMA, in the tile choice.
 LOAD_COST = 0.5
+# Window convolutions (k x k, taps > 1) only, see _pick_tile:
+# what one weight vector streamed from L2 costs, beside one FMA;
+L2_WEIGHT_COST = 2.0
+# weights that stay in L1 between tiles (most L1D are 32-64 KB; the broadcast input shares it);
+L1_RESIDENT_BYTES = 40 * 1024
+# the useful share of a tile whose positions cross a row of the map (index arithmetic, guard);
+ROW_CROSSING = 0.75
+# and the accumulators that hide the FMA latency (2 FMA units x 4 cycles).
+MIN_ACCUMULATORS = 8
 
 
 def _vec_channels(sch: s_tir.Schedule, loop, b: int) -> None:
@@ -43,6 +54,12 @@ def _k_block(k: int, bytes_per_k: int) -> int:
     return max(d for d in range(1, cap + 1) if k % d == 0)
 
 
+def _chunked(k_ext: int, bytes_per_k: int, n_ftiles: int, acc_bytes: int, info: CpuInfo) -> bool:
+    """Does the tile walk K in L1-sized chunks over all positions (see the schedule)?"""
+    return (_k_block(k_ext, bytes_per_k) < k_ext and n_ftiles >= 2 * info.cores
+            and acc_bytes <= L1_ACCUMULATOR_BYTES)
+
+
 def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     """Cores take bands of positions (not blocks of output channels) where the map is at least
     as large as the channel count and every input channel feeds every output (no groups).
@@ -54,6 +71,77 @@ def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     data = [r.source for r in stmt.reads if len(r.source.shape) == 4][0]
     grouped = k_ext != int(data.shape[1])
     return hw >= f_ext and not grouped
+
+
+class _ConvShape(NamedTuple):
+    hw: int  # output positions
+    row: int  # output row length
+    f: int  # output channels (a multiple of b)
+    k: int  # input channels per group
+    taps: int  # kh * kw
+    b: int  # lanes of a channel vector
+    by_positions: bool  # cores split the positions (_split_by_positions)
+
+
+def _weights_stay(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
+    """Do a tile's weights (nf channel vectors x K x taps) stay in L1 from one tile to the next?
+    All the conv's weights fit; or the tile walks K in chunks; or consecutive tiles share them
+    (channels outer, positions inner: not split by positions)."""
+    per_k = nf * conv.b * conv.taps * 4
+    if conv.f * conv.taps * conv.k * 4 <= L1_RESIDENT_BYTES:
+        return True
+    if _chunked(conv.k, per_k, conv.f // (nf * conv.b), conv.hw * nf * conv.b * 4, info):
+        return True
+    return not conv.by_positions and per_k * conv.k <= L1_RESIDENT_BYTES
+
+
+def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
+    """(channel vectors nf, positions mr) of the register tile: mr*nf accumulators + nf weight
+    vectors + one broadcast in the register file, scored by useful FMAs per cost."""
+    hw, row, vectors = conv.hw, conv.row, conv.f // conv.b
+    windowed = conv.taps > 1
+    # Leave a few registers spare: 28 accumulators + 3 operands spilled on AVX-512 (measured 95
+    # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2. Window convs: at most 24
+    # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.4-0.5x the speed of 1 x 13).
+    spare = (3 if info.vregs >= 32 else 2) if windowed else max(2, info.vregs // 6)
+    best = (0.0, 0, 1, 1)
+    for nf_c in range(1, 9):
+        if vectors % nf_c:
+            continue
+        budget = (info.vregs - nf_c - spare) // nf_c
+        if windowed and info.vregs >= 32:
+            budget = min(budget, 24 // nf_c)
+        if budget < 1:
+            continue
+        # Positions need not divide the map: 13x13 has no divisor but 13 and 1 (AVX2: 1 position
+        # per tile, 14 GFLOP/s); a guarded last tile is cheap (the guard is per position). A
+        # window conv also weighs every tile within a row (a divisor of it), see ROW_CROSSING.
+        mrs = {_pick_mr(hw, budget)}
+        if windowed:
+            mrs |= {d for d in range(2, min(budget, 16) + 1) if row % d == 0}
+        for mr_c in mrs:
+            if windowed and mr_c == 1 < hw:
+                continue  # one position: each weight vector loaded per FMA (NEON 16->64 @23: 8 x 1)
+            useful = hw / -(-hw // mr_c) * nf_c
+            # Useful FMAs per cycle, a cycle per FMA and LOAD_COST per operand load (nf weight
+            # vectors + mr broadcasts): the most accumulators is not enough. 8 channel vectors x
+            # 2 positions vs 4 x 4, both 16 accumulators, on 512->512 @14x14: 303 vs 485 GFLOP/s
+            # (64->384 @14: 174 vs 345); 2 x 11 vs 4 x 5 on SqueezeNet's 16->64 3x3 @55: 0.61
+            # vs 0.53 ms, though 2 x 11 has more accumulators.
+            cost = nf_c * mr_c + LOAD_COST * (nf_c + mr_c)
+            if windowed:
+                # A 3x3 conv's weights are 9x a pointwise one's: a tile's nf vectors x K x 9 taps
+                # overflow L1 and stream from L2 on every tile unless they stay (weights_stay).
+                # Alone, one thread, TVM/ONNX Runtime: 32->128 @27 4 x 3 1.19-1.31, 2 x 9 0.99;
+                # 64->256 @13 4 x 5 1.18, 2 x 12 (crossing rows) 1.08-1.21, 1 x 13 0.84-0.94;
+                # 32->128 @19 (no divisor) 4 x 5 1.37, 2 x 12 1.28, 8 x 1 2.2.
+                if not _weights_stay(nf_c, conv, info):
+                    cost += L2_WEIGHT_COST * nf_c
+                if row % mr_c:
+                    useful *= ROW_CROSSING
+                useful *= min(1.0, nf_c * mr_c / MIN_ACCUMULATORS)
+            best = max(best, (useful / cost, -(nf_c + mr_c), nf_c, mr_c))
+    return best[2], best[3]
 
 
 class PointwiseFVec(CpuRule):
@@ -94,40 +182,18 @@ class PointwiseFVec(CpuRule):
             conv, lambda nn, ff, yy, xx, rc, ry, rx: (nn, yy * w + xx, ff, rc, ry, rx)
         )
         nn, p, f, *rloops = sch.get_loops(conv)
-        # Pick (positions, channel vectors) with the most accumulators that fit the register file:
-        # mr*nf accumulators + nf weight vectors + one broadcast.
-        # Leave a few registers spare: 28 accumulators + 3 operands spilled on AVX-512 (measured 95
-        # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2.
-        spare = max(2, info.vregs // 6)
-        best = (0.0, 0, 1, 1)
-        for nf_c in range(1, 9):
-            if (f_ext // b) % nf_c:
-                continue
-            budget = (info.vregs - nf_c - spare) // nf_c
-            if budget < 1:
-                continue
-            # Positions need not divide the map: 13x13 has no divisor but 13 and 1 (AVX2: 1 position
-            # per tile, 14 GFLOP/s); a guarded last tile is cheap (the guard is per position).
-            mr_c = _pick_mr(hw, budget)
-            useful = hw / -(-hw // mr_c) * nf_c
-            # Useful FMAs per cycle, a cycle per FMA and LOAD_COST per operand load (nf weight
-            # vectors + mr broadcasts): the most accumulators is not enough. 8 channel vectors x
-            # 2 positions vs 4 x 4, both 16 accumulators, on 512->512 @14x14: 303 vs 485 GFLOP/s
-            # (64->384 @14: 174 vs 345); 2 x 11 vs 4 x 5 on SqueezeNet's 16->64 3x3 @55: 0.61
-            # vs 0.53 ms, though 2 x 11 has more accumulators.
-            score = useful / (nf_c * mr_c + LOAD_COST * (nf_c + mr_c))
-            best = max(best, (score, -(nf_c + mr_c), nf_c, mr_c))
-        _, _, nf, mr = best
-        po, pi = sch.split(p, factors=[None, mr])
-        fo, fu, fv = sch.split(f, factors=[None, nf, b])
         taps = 1
         for iv in stmt.iter_vars[5:]:
             taps *= int(iv.dom.extent)
         k_ext = int(stmt.iter_vars[4].dom.extent)
+        by_positions = _split_by_positions(stmt, hw, f_ext, k_ext)
+        bytes_per_k = b * taps * 4  # one channel vector's weights per input channel
+        nf, mr = _pick_tile(_ConvShape(hw, w, f_ext, k_ext, taps, b, by_positions), info)
+        po, pi = sch.split(p, factors=[None, mr])
+        fo, fu, fv = sch.split(f, factors=[None, nf, b])
         n_ftiles = f_ext // (nf * b)
-        kc = _k_block(k_ext, nf * b * taps * 4)
-        acc_bytes = hw * nf * b * 4
-        if kc < k_ext and n_ftiles >= 2 * info.cores and acc_bytes <= L1_ACCUMULATOR_BYTES:
+        kc = _k_block(k_ext, nf * bytes_per_k)
+        if _chunked(k_ext, nf * bytes_per_k, n_ftiles, hw * nf * b * 4, info):
             # Cache blocking: this tile's weights (nf*b channels x K) overflow L1 (512->512 @14:
             # 128 KB re-read from L2 for every 4 positions). Walk all positions per K chunk so the
             # chunk's weights stay in L1; the accumulators of the whole channel block live in L1.
@@ -143,7 +209,7 @@ class PointwiseFVec(CpuRule):
             sch.reverse_compute_at(last, outer)
             red_at = rco
         else:
-            if _split_by_positions(stmt, hw, f_ext, k_ext):
+            if by_positions:
                 # Each core a band of the map, all output channels (common.py, "a core keeps its
                 # rows"); within it, every channel tile per position tile.
                 sch.reorder(nn, po, fo, *rloops, pi, fu, fv)
