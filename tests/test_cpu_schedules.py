@@ -152,6 +152,9 @@ CASES = {
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
     "regular 3x3 64->256 @13 (SqueezeNet's expand: channel vectors, padded input its own pass)":
         conv(64, 256, 13, k=3, act="relu"),
+    "regular 3x3 32->128 @27 (window tile within a row: 2 vectors x 9)": conv(32, 128, 27, k=3, act="relu"),
+    "regular 3x3 32->128 @19 (prime row: a guarded tile across rows)": conv(32, 128, 19, k=3, act="relu"),
+    "regular 3x3 16->64 @23 (prime row, all weights in L1)": conv(16, 64, 23, k=3, act="relu"),
     "depthwise 3x3 s1 58 @7": conv(58, 58, 7, k=3, groups=58),
     "depthwise 3x3 s1 96 @7 + relu6 (flat map: 4 vectors of 16, masked at row ends)":
         conv(96, 96, 7, k=3, groups=96, act="relu6"),

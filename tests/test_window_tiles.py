@@ -1,22 +1,13 @@
 """The register tile of k x k convolutions on channel vectors (rules/pointwise_fvec.py,
-_pick_tile): its choice on each vector width, and its numerics where the choice is awkward
-(tiles that cross rows, a guarded last tile, a map with a prime row).
-
-Tolerance as in test_cpu_schedules.py: 1e-4 of the output scale plus 1e-5 absolute.
-"""
+_pick_tile): its choice on each vector width. The numerics of the awkward choices (tiles that
+cross rows, a guarded last tile, a prime row) are cases of test_cpu_schedules.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from test_cpu_schedules import WIDTHS, _here_can_run, conv
 
-from edgecompile.backend import runtime
 from edgecompile.backend.cpu_schedules.rules.pointwise_fvec import _ConvShape, _pick_tile, _weights_stay
 from edgecompile.backend.cpu_schedules.target_info import CpuInfo
-from edgecompile.pipeline import ort
-from edgecompile.pipeline.stages.compile import compile_onnx
-from edgecompile.targets import TargetPreset
 
 ISAS = {"avx512": CpuInfo(16, 32, 2), "avx2": CpuInfo(8, 16, 2), "neon": CpuInfo(4, 32, 4)}
 # SqueezeNet's expand 3x3 convs at 224, 160 and 96 px, FasterNet's last PConv, and other rows.
@@ -55,22 +46,3 @@ def test_window_tile_is_a_row_where_its_weights_stay_in_l1():
     # A prime row (19) has no divisor to keep tiles in it: a guarded tile that crosses rows.
     nf, mr = _pick_tile(_shape(32, 128, 19, 16), info)
     assert 19 % mr and nf * mr >= 16
-
-
-@pytest.mark.tvm
-@pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("cin,cout,hw", [(32, 128, 27), (32, 128, 19), (16, 64, 23), (48, 192, 9)])
-def test_window_tile_matches_onnxruntime(width, cin, cout, hw, tmp_path):
-    mcpu = WIDTHS[width]
-    if not _here_can_run(mcpu):
-        pytest.skip(f"this CPU cannot run {mcpu} code")
-    model = conv(cin, cout, hw, k=3, act="relu")
-    shape = (1, cin, hw, hw)
-    preset = TargetPreset(name=f"test-{width}", description="", device="cpu",
-                          target={"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    lib = compile_onnx(model, "x", shape, preset, tmp_path / "model.so", records="none")
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    want = ort.session(model).run(None, {"x": x})[0]
-    got = runtime.load_local(lib.path, "cpu", "x").run(x).reshape(want.shape)
-    scale = float(np.abs(want).max())
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale + 1e-5)
