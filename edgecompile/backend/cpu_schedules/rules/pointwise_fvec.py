@@ -102,7 +102,7 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
     windowed = conv.taps > 1
     # Leave a few registers spare: 28 accumulators + 3 operands spilled on AVX-512 (measured 95
     # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2. Window convs: at most 24
-    # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.4-0.5x the speed of 1 x 13).
+    # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.3-0.7x the speed of 1 x 13).
     spare = (3 if info.vregs >= 32 else 2) if windowed else max(2, info.vregs // 6)
     best = (0.0, 0, 1, 1)
     for nf_c in range(1, 9):
@@ -131,7 +131,7 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
             cost = nf_c * mr_c + LOAD_COST * (nf_c + mr_c)
             if windowed:
                 # A 3x3 conv's weights are 9x a pointwise one's: a tile's nf vectors x K x 9 taps
-                # overflow L1 and stream from L2 on every tile unless they stay (weights_stay).
+                # overflow L1 and stream from L2 on every tile unless they stay (_weights_stay).
                 # Alone, one thread, TVM/ONNX Runtime: 32->128 @27 4 x 3 1.19-1.31, 2 x 9 0.99;
                 # 64->256 @13 4 x 5 1.18, 2 x 12 (crossing rows) 1.08-1.21, 1 x 13 0.84-0.94;
                 # 32->128 @19 (no divisor) 4 x 5 1.37, 2 x 12 1.28, 8 x 1 2.2.
