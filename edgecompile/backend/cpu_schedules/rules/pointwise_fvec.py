@@ -54,12 +54,6 @@ def _k_block(k: int, bytes_per_k: int) -> int:
     return max(d for d in range(1, cap + 1) if k % d == 0)
 
 
-def _chunked(k_ext: int, bytes_per_k: int, n_ftiles: int, acc_bytes: int, info: CpuInfo) -> bool:
-    """Does the tile walk K in L1-sized chunks over all positions (see the schedule)?"""
-    return (_k_block(k_ext, bytes_per_k) < k_ext and n_ftiles >= 2 * info.cores
-            and acc_bytes <= L1_ACCUMULATOR_BYTES)
-
-
 def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     """Cores take bands of positions (not blocks of output channels) where the map is at least
     as large as the channel count and every input channel feeds every output (no groups).
@@ -83,16 +77,27 @@ class _ConvShape(NamedTuple):
     by_positions: bool  # cores split the positions (_split_by_positions)
 
 
+def _tile_weight_bytes_per_k(nf: int, conv: _ConvShape) -> int:
+    """Bytes of a tile's weights (nf channel vectors x taps) per input channel."""
+    return nf * conv.b * conv.taps * 4
+
+
+def _chunked(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
+    """Does a tile of nf channel vectors walk K in L1-sized chunks over all positions (the
+    schedule's cache blocking)? Where its weights overflow L1, there are channel tiles enough
+    for every core, and the accumulators of a whole channel block fit L1."""
+    return (_k_block(conv.k, _tile_weight_bytes_per_k(nf, conv)) < conv.k
+            and conv.f // (nf * conv.b) >= 2 * info.cores
+            and conv.hw * nf * conv.b * 4 <= L1_ACCUMULATOR_BYTES)
+
+
 def _weights_stay(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
     """Do a tile's weights (nf channel vectors x K x taps) stay in L1 from one tile to the next?
     All the conv's weights fit; or the tile walks K in chunks; or consecutive tiles share them
     (channels outer, positions inner: not split by positions)."""
-    per_k = nf * conv.b * conv.taps * 4
-    if conv.f * conv.taps * conv.k * 4 <= L1_RESIDENT_BYTES:
+    if conv.f * conv.taps * conv.k * 4 <= L1_RESIDENT_BYTES or _chunked(nf, conv, info):
         return True
-    if _chunked(conv.k, per_k, conv.f // (nf * conv.b), conv.hw * nf * conv.b * 4, info):
-        return True
-    return not conv.by_positions and per_k * conv.k <= L1_RESIDENT_BYTES
+    return not conv.by_positions and _tile_weight_bytes_per_k(nf, conv) * conv.k <= L1_RESIDENT_BYTES
 
 
 def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
@@ -186,14 +191,11 @@ class PointwiseFVec(CpuRule):
         for iv in stmt.iter_vars[5:]:
             taps *= int(iv.dom.extent)
         k_ext = int(stmt.iter_vars[4].dom.extent)
-        by_positions = _split_by_positions(stmt, hw, f_ext, k_ext)
-        bytes_per_k = b * taps * 4  # one channel vector's weights per input channel
-        nf, mr = _pick_tile(_ConvShape(hw, w, f_ext, k_ext, taps, b, by_positions), info)
+        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(stmt, hw, f_ext, k_ext))
+        nf, mr = _pick_tile(shape, info)
         po, pi = sch.split(p, factors=[None, mr])
         fo, fu, fv = sch.split(f, factors=[None, nf, b])
-        n_ftiles = f_ext // (nf * b)
-        kc = _k_block(k_ext, nf * bytes_per_k)
-        if _chunked(k_ext, nf * bytes_per_k, n_ftiles, hw * nf * b * 4, info):
+        if _chunked(nf, shape, info):
             # Cache blocking: this tile's weights (nf*b channels x K) overflow L1 (512->512 @14:
             # 128 KB re-read from L2 for every 4 positions). Walk all positions per K chunk so the
             # chunk's weights stay in L1; the accumulators of the whole channel block live in L1.
@@ -202,6 +204,7 @@ class PointwiseFVec(CpuRule):
             # 512->512 @14 0.961 -> 0.909 ms, 256->512 @14 0.518 -> 0.467); 7x7 maps (12 KB) keep
             # it (320->1280 @7 0.374 vs 0.385 without, 1024->1024 @7 even).
             rc = rloops[0]
+            kc = _k_block(k_ext, _tile_weight_bytes_per_k(nf, shape))
             rco, rci = sch.split(rc, factors=[None, kc])
             sch.reorder(nn, fo, rco, po, rci, *rloops[1:], pi, fu, fv)
             outer = sch.fuse(nn, fo)
@@ -209,7 +212,7 @@ class PointwiseFVec(CpuRule):
             sch.reverse_compute_at(last, outer)
             red_at = rco
         else:
-            if by_positions:
+            if shape.by_positions:
                 # Each core a band of the map, all output channels (common.py, "a core keeps its
                 # rows"); within it, every channel tile per position tile.
                 sch.reorder(nn, po, fo, *rloops, pi, fu, fv)
