@@ -1,9 +1,10 @@
 """TVM vs ONNX Runtime vs PyTorch, in one process, interleaved, with the same thread count.
 
 Interleaving (a round of each engine in turn, repeated) spreads any slowdown of the machine
-over all engines alike, so the ratios stay meaningful on a busy machine. Every engine is timed
-the same way (wall clock around one call from Python), and their outputs must agree before
-anything is timed: a fast wrong answer is not a result.
+over all engines alike, so the ratios stay meaningful on a busy machine; each round starts after
+a pause (SETTLE_S), so that no engine is timed beside the last one's spinning threads. Every
+engine is timed the same way (wall clock around one call from Python), and their outputs must
+agree before anything is timed: a fast wrong answer is not a result.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from edgecompile.pipeline.spec import ModelSpec
 ENGINES = ("tvm", "onnxruntime", "torch")
 ROUNDS = 15
 RUNS_PER_ROUND = 10
+# An engine's worker threads keep spinning for a while after its last call before they sleep:
+# ONNX Runtime's for tens of milliseconds, libgomp's (PyTorch) for some. Where the machine has no
+# more cores than the threads asked for, the next engine's calls share the cores with them: on a
+# 2-core VM, squeezenet1_1 at 2 threads, TVM right after ONNX Runtime took 20 ms for its first
+# call and 9.1 ms for the next five, 6.9 and 6.0 ms after a 100 ms pause (PyTorch after ONNX
+# Runtime, ONNX Runtime after PyTorch alike). So each engine's round starts after a pause and
+# one untimed call, whichever engine came before.
+SETTLE_S = 0.15
 
 
 def _tvm_engine(a: Artifact, x: np.ndarray, threads: int) -> Callable[[], np.ndarray]:
@@ -85,6 +94,8 @@ def compare_engines(a: Artifact, others: list[str], threads: int, rounds: int = 
     for _ in range(rounds):
         for e in engines:
             run = runners[e]
+            time.sleep(SETTLE_S)
+            run()
             for _ in range(runs_per_round):
                 t = time.perf_counter()
                 run()
