@@ -146,6 +146,7 @@ CASES = {
     "pointwise 512->1000 @13 (SqueezeNet's head)": conv(512, 1000, 13, act="relu"),
     "pointwise 32->32 @28 + relu6 + residual": conv(32, 32, 28, act="relu6", residual=True),
     "pointwise 16->96 @56 + relu6 (pixel super-blocks)": conv(16, 96, 56, act="relu6"),
+    "pointwise 16->64 @23 + relu (short K, prime row: a guarded tile)": conv(16, 64, 23, act="relu"),
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),

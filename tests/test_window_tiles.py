@@ -46,3 +46,39 @@ def test_window_tile_is_a_row_where_its_weights_stay_in_l1():
     # A prime row (19) has no divisor to keep tiles in it: a guarded tile that crosses rows.
     nf, mr = _pick_tile(_shape(32, 128, 19, 16), info)
     assert 19 % mr and nf * mr >= 16
+
+
+# Pointwise convs with a short K loop: SqueezeNet's expand 1x1 (K = 16-64) at 224, 160 and 96 px.
+SHORT_K = [(16, 64, 55), (32, 128, 27), (48, 192, 13), (64, 256, 13), (16, 64, 39), (32, 128, 19),
+           (16, 64, 23), (64, 256, 5)]
+
+
+def _pointwise(cin: int, cout: int, hw: int, lanes: int) -> _ConvShape:
+    return _ConvShape(hw * hw, hw, cout, cin, 1, lanes, hw * hw >= cout)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin,cout,hw", SHORT_K)
+def test_short_k_pointwise_tile_is_whole_and_stores_long_rows(isa, cin, cout, hw):
+    """With K = 16-64 a tile's epilogue (bias, activation, mr positions stored per channel)
+    costs as much as its FMAs: the tile takes more positions and fewer channel vectors, and a
+    divisor of the map where one fits, so that no last tile is guarded. Alone, one thread,
+    TVM/ONNX Runtime: 48->192 @13 4 x 5 (guarded) 1.03 -> 1 x 13 0.78, 32->128 @27 4 x 3 1.13 ->
+    2 x 9 0.88."""
+    info = ISAS[isa]
+    nf, mr = _pick_tile(_pointwise(cin, cout, hw, info.lanes), info)
+    assert (cout // info.lanes) % nf == 0
+    assert nf * mr + nf + 1 < info.vregs
+    if any((hw * hw) % d == 0 for d in range(7, 17)):  # 55 x 55 = 11 x 275, 27 x 27 = 9 x 81, ...
+        assert (hw * hw) % mr == 0, (nf, mr)
+        if isa == "avx512":  # where it was measured (16->64 @55: 4 x 5 1.08, 2 x 11 0.97)
+            assert mr >= 7, (nf, mr)
+
+
+def test_long_k_pointwise_tile_keeps_its_channel_vectors():
+    """The epilogue term is for short K only: MobileNet v1's 512->512 @14 keeps 4 vectors x 4
+    positions (1 x 14 ran 1.15x ONNX Runtime's time alone, 4 x 4 1.10x), its 1024 @7 4 x 5 (a
+    guarded last tile costs little beside K = 1024: 2 x 7 1.01-1.06x of it)."""
+    info = ISAS["avx512"]
+    assert _pick_tile(_pointwise(512, 512, 14, 16), info) == (4, 4)
+    assert _pick_tile(_pointwise(1024, 1024, 7, 16), info) == (4, 5)

@@ -37,6 +37,13 @@ L1_RESIDENT_BYTES = 40 * 1024
 ROW_CROSSING = 0.75
 # and the accumulators that hide the FMA latency (2 FMA units x 4 cycles).
 MIN_ACCUMULATORS = 8
+# Pointwise convs with a short K loop (SqueezeNet's 16-64 input channels) and window convs also
+# weigh their epilogue: per output channel of a tile, bias / activation and the stores of its mr
+# positions to an NCHW plane, once per tile (in FMAs, fitted to the tiles measured best below);
+SHORT_K = 64
+EPILOGUE_PER_CHANNEL = 1.5
+# and the useful share of a short-K pointwise tile that leaves a guarded last tile.
+GUARDED_TILE = 0.75
 
 
 def _vec_channels(sch: s_tir.Schedule, loop, b: int) -> None:
@@ -105,6 +112,7 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
     vectors + one broadcast in the register file, scored by useful FMAs per cost."""
     hw, row, vectors = conv.hw, conv.row, conv.f // conv.b
     windowed = conv.taps > 1
+    short = not windowed and conv.k <= SHORT_K
     # Leave a few registers spare: 28 accumulators + 3 operands spilled on AVX-512 (measured 95
     # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2. Window convs: at most 24
     # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.3-0.7x the speed of 1 x 13).
@@ -124,6 +132,8 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
         mrs = {_pick_mr(hw, budget)}
         if windowed:
             mrs |= {d for d in range(2, min(budget, 16) + 1) if row % d == 0}
+        elif short:
+            mrs |= {d for d in range(2, min(budget, 16) + 1) if hw % d == 0}
         for mr_c in mrs:
             if windowed and mr_c == 1 < hw:
                 continue  # one position: each weight vector loaded per FMA (NEON 16->64 @23: 8 x 1)
@@ -134,6 +144,15 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
             # (64->384 @14: 174 vs 345); 2 x 11 vs 4 x 5 on SqueezeNet's 16->64 3x3 @55: 0.61
             # vs 0.53 ms, though 2 x 11 has more accumulators.
             cost = nf_c * mr_c + LOAD_COST * (nf_c + mr_c)
+            if windowed or short:
+                # Short K: the epilogue is a large share. Alone, one thread, TVM/ONNX Runtime,
+                # old tile -> new: 16->64 @55 4 x 5 1.08 -> 2 x 11 0.97 (1 x 11 0.95 measured
+                # best), 32->128 @27 4 x 3 1.13 -> 2 x 9 0.88, 48->192 @13 4 x 5 (guarded) 1.03
+                # -> 1 x 13 0.78, 64->256 @13 1.07 -> 0.85. 58->58 @14 kept 4 x 4 (2 x 7 1.13x).
+                cost += nf_c * conv.b * EPILOGUE_PER_CHANNEL / (conv.k * conv.taps)
+                if short and hw % mr_c:
+                    useful *= GUARDED_TILE
+                useful *= min(1.0, nf_c * mr_c / MIN_ACCUMULATORS)
             if windowed:
                 # A 3x3 conv's weights are 9x a pointwise one's: a tile's nf vectors x K x 9 taps
                 # overflow L1 and stream from L2 on every tile unless they stay (_weights_stay).
@@ -144,7 +163,6 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
                     cost += L2_WEIGHT_COST * nf_c
                 if row % mr_c:
                     useful *= ROW_CROSSING
-                useful *= min(1.0, nf_c * mr_c / MIN_ACCUMULATORS)
             best = max(best, (useful / cost, -(nf_c + mr_c), nf_c, mr_c))
     return best[2], best[3]
 
