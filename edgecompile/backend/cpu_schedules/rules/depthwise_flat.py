@@ -14,7 +14,7 @@ from tvm import s_tir
 from ..tags import DW_FLAT_TAG, PLANE_MAP_ATTR
 from ..target_info import CpuInfo
 from .common import CpuRule, accumulate_locally, int_extent, maybe_parallel
-from .conv import _vec_tail
+from .tails import _vec_tail
 
 
 class DepthwiseFlat(CpuRule):
