@@ -29,9 +29,9 @@ RUNS_PER_ROUND = 10
 # ONNX Runtime's for tens of milliseconds, libgomp's (PyTorch) for some. Where the machine has no
 # more cores than the threads asked for, the next engine's calls share the cores with them: on a
 # 2-core VM, squeezenet1_1 at 2 threads, TVM right after ONNX Runtime took 20 ms for its first
-# call and 9.1 ms for the next five, 6.9 and 6.0 ms after a 100 ms pause (PyTorch after ONNX
-# Runtime, ONNX Runtime after PyTorch alike). So each engine's round starts after a pause and
-# one untimed call, whichever engine came before.
+# call and 9.1 ms for the next five, 6.9 and 6.0 ms after a 100 ms pause (TVM and ONNX Runtime
+# after PyTorch alike). So each engine's round starts after a pause and one untimed call,
+# whichever engine came before.
 SETTLE_S = 0.15
 
 
