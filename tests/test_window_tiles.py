@@ -82,3 +82,11 @@ def test_long_k_pointwise_tile_keeps_its_channel_vectors():
     info = ISAS["avx512"]
     assert _pick_tile(_pointwise(512, 512, 14, 16), info) == (4, 4)
     assert _pick_tile(_pointwise(1024, 1024, 7, 16), info) == (4, 5)
+
+
+def test_grouped_short_k_pointwise_keeps_its_tile():
+    """Not for grouped convs: ShuffleNet v1 g3's 120->480 @14 (K = 40 a group, 160 channels a
+    group) ran 1.09x its time in context with 3 x 7 (both orders of an interleaved A/B)."""
+    info = ISAS["avx512"]
+    grouped = _pointwise(40, 480, 14, 16)._replace(by_positions=False, grouped=True)
+    assert _pick_tile(grouped, info) == (5, 4)

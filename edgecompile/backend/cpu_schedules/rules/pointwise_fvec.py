@@ -61,6 +61,12 @@ def _k_block(k: int, bytes_per_k: int) -> int:
     return max(d for d in range(1, cap + 1) if k % d == 0)
 
 
+def _grouped(stmt, k_ext: int) -> bool:
+    """Does each output channel read only its group's input channels?"""
+    data = [r.source for r in stmt.reads if len(r.source.shape) == 4][0]
+    return k_ext != int(data.shape[1])
+
+
 def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     """Cores take bands of positions (not blocks of output channels) where the map is at least
     as large as the channel count and every input channel feeds every output (no groups).
@@ -69,9 +75,7 @@ def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     wrote on the same core when both split by channels: ShuffleNet v1 g3's 480 -> 120 @14 split
     by positions made the model 8-10% slower at 2 threads. Where channels outnumber positions
     (232 -> 232 @7) each core would stream all the weights for a few positions."""
-    data = [r.source for r in stmt.reads if len(r.source.shape) == 4][0]
-    grouped = k_ext != int(data.shape[1])
-    return hw >= f_ext and not grouped
+    return hw >= f_ext and not _grouped(stmt, k_ext)
 
 
 class _ConvShape(NamedTuple):
@@ -82,6 +86,7 @@ class _ConvShape(NamedTuple):
     taps: int  # kh * kw
     b: int  # lanes of a channel vector
     by_positions: bool  # cores split the positions (_split_by_positions)
+    grouped: bool = False  # a grouped conv (k is its input channels per group)
 
 
 def _tile_weight_bytes_per_k(nf: int, conv: _ConvShape) -> int:
@@ -112,7 +117,9 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
     vectors + one broadcast in the register file, scored by useful FMAs per cost."""
     hw, row, vectors = conv.hw, conv.row, conv.f // conv.b
     windowed = conv.taps > 1
-    short = not windowed and conv.k <= SHORT_K
+    # Not grouped convs: ShuffleNet v1 g3's 120->480 @14 (K = 40 a group) in context, 5 x 4 ->
+    # 3 x 7: 1.09x its time in both orders of an interleaved A/B.
+    short = not windowed and not conv.grouped and conv.k <= SHORT_K
     # Leave a few registers spare: 28 accumulators + 3 operands spilled on AVX-512 (measured 95
     # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2. Window convs: at most 24
     # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.3-0.7x the speed of 1 x 13).
@@ -209,7 +216,8 @@ class PointwiseFVec(CpuRule):
         for iv in stmt.iter_vars[5:]:
             taps *= int(iv.dom.extent)
         k_ext = int(stmt.iter_vars[4].dom.extent)
-        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(stmt, hw, f_ext, k_ext))
+        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(stmt, hw, f_ext, k_ext),
+                           _grouped(stmt, k_ext))
         nf, mr = _pick_tile(shape, info)
         po, pi = sch.split(p, factors=[None, mr])
         fo, fu, fv = sch.split(f, factors=[None, nf, b])
