@@ -15,8 +15,8 @@ SHAPES = [(16, 64, 55), (32, 128, 27), (48, 192, 13), (64, 256, 13), (32, 128, 1
           (48, 192, 9), (64, 256, 5), (80, 80, 7), (128, 128, 1), (32, 64, 2)]
 
 
-def _shape(cin: int, cout: int, hw: int, lanes: int) -> _ConvShape:
-    return _ConvShape(hw * hw, hw, cout, cin, 9, lanes, hw * hw >= cout)
+def _shape(cin: int, cout: int, hw: int, lanes: int, taps: int = 9) -> _ConvShape:
+    return _ConvShape(hw * hw, hw, cout, cin, taps, lanes, hw * hw >= cout)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -53,10 +53,6 @@ SHORT_K = [(16, 64, 55), (32, 128, 27), (48, 192, 13), (64, 256, 13), (16, 64, 3
            (16, 64, 23), (64, 256, 5)]
 
 
-def _pointwise(cin: int, cout: int, hw: int, lanes: int) -> _ConvShape:
-    return _ConvShape(hw * hw, hw, cout, cin, 1, lanes, hw * hw >= cout)
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cin,cout,hw", SHORT_K)
 def test_short_k_pointwise_tile_is_whole_and_stores_long_rows(isa, cin, cout, hw):
@@ -66,7 +62,7 @@ def test_short_k_pointwise_tile_is_whole_and_stores_long_rows(isa, cin, cout, hw
     TVM/ONNX Runtime: 48->192 @13 4 x 5 (guarded) 1.03 -> 1 x 13 0.78, 32->128 @27 4 x 3 1.13 ->
     2 x 9 0.88."""
     info = ISAS[isa]
-    nf, mr = _pick_tile(_pointwise(cin, cout, hw, info.lanes), info)
+    nf, mr = _pick_tile(_shape(cin, cout, hw, info.lanes, taps=1), info)
     assert (cout // info.lanes) % nf == 0
     assert nf * mr + nf + 1 < info.vregs
     if any((hw * hw) % d == 0 for d in range(7, 17)):  # 55 x 55 = 11 x 275, 27 x 27 = 9 x 81, ...
@@ -80,13 +76,13 @@ def test_long_k_pointwise_tile_keeps_its_channel_vectors():
     positions (1 x 14 ran 1.15x ONNX Runtime's time alone, 4 x 4 1.10x), its 1024 @7 4 x 5 (a
     guarded last tile costs little beside K = 1024: 2 x 7 1.01-1.06x of it)."""
     info = ISAS["avx512"]
-    assert _pick_tile(_pointwise(512, 512, 14, 16), info) == (4, 4)
-    assert _pick_tile(_pointwise(1024, 1024, 7, 16), info) == (4, 5)
+    assert _pick_tile(_shape(512, 512, 14, 16, taps=1), info) == (4, 4)
+    assert _pick_tile(_shape(1024, 1024, 7, 16, taps=1), info) == (4, 5)
 
 
 def test_grouped_short_k_pointwise_keeps_its_tile():
     """Not for grouped convs: ShuffleNet v1 g3's 120->480 @14 (K = 40 a group, 160 channels a
     group) ran 1.09x its time in context with 3 x 7 (both orders of an interleaved A/B)."""
     info = ISAS["avx512"]
-    grouped = _pointwise(40, 480, 14, 16)._replace(by_positions=False, grouped=True)
+    grouped = _shape(40, 480, 14, 16, taps=1)._replace(by_positions=False, grouped=True)
     assert _pick_tile(grouped, info) == (5, 4)

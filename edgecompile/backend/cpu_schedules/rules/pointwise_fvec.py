@@ -67,7 +67,7 @@ def _grouped(stmt, k_ext: int) -> bool:
     return k_ext != int(data.shape[1])
 
 
-def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
+def _split_by_positions(hw: int, f_ext: int, grouped: bool) -> bool:
     """Cores take bands of positions (not blocks of output channels) where the map is at least
     as large as the channel count and every input channel feeds every output (no groups).
 
@@ -75,7 +75,7 @@ def _split_by_positions(stmt, hw: int, f_ext: int, k_ext: int) -> bool:
     wrote on the same core when both split by channels: ShuffleNet v1 g3's 480 -> 120 @14 split
     by positions made the model 8-10% slower at 2 threads. Where channels outnumber positions
     (232 -> 232 @7) each core would stream all the weights for a few positions."""
-    return hw >= f_ext and not _grouped(stmt, k_ext)
+    return hw >= f_ext and not grouped
 
 
 class _ConvShape(NamedTuple):
@@ -216,8 +216,8 @@ class PointwiseFVec(CpuRule):
         for iv in stmt.iter_vars[5:]:
             taps *= int(iv.dom.extent)
         k_ext = int(stmt.iter_vars[4].dom.extent)
-        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(stmt, hw, f_ext, k_ext),
-                           _grouped(stmt, k_ext))
+        grouped = _grouped(stmt, k_ext)
+        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(hw, f_ext, grouped), grouped)
         nf, mr = _pick_tile(shape, info)
         po, pi = sch.split(p, factors=[None, mr])
         fo, fu, fv = sch.split(f, factors=[None, nf, b])
