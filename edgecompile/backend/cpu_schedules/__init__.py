@@ -10,15 +10,24 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
 - rules/: one dlight-style rule per kernel class (PointwiseFVec, Conv2DNCHW for regular /
   grouped / depthwise / pooling windows, Dense, Fallback for everything else); a rule that
   fails on a kernel declines (SafeRule) and the next one tries;
-- pipeline.py: TVM's CPU passes with the above, and ``unscheduled_kernels`` for tests;
+- pipeline.py: TVM's CPU passes with the above, ``unscheduled_kernels`` for tests, and
+  ``schedule_variants``: a kernel under each combination of the choices the rules' cost models
+  ranked (knobs.py), which `tune --search rules` times;
 - tir_pipeline.py: the TIR pipeline ``TIR_PIPELINE`` of every CPU compile (builds, tuning
   candidates, kernels.so): TVM's, then strided_loads.py (a strided vector load as a contiguous
   load and a shuffle) and stack_buffers.py (scratch buffers as allocas, not workspace calls).
 """
 
-from .pipeline import cpu_pipeline, fuse_passes, observer, schedule_one, unscheduled_kernels
+from .pipeline import (
+    cpu_pipeline,
+    fuse_passes,
+    observer,
+    schedule_one,
+    schedule_variants,
+    unscheduled_kernels,
+)
 from .target_info import isa_class
 from .tir_pipeline import PIPELINE as TIR_PIPELINE
 
 __all__ = ["TIR_PIPELINE", "cpu_pipeline", "fuse_passes", "isa_class", "observer", "schedule_one",
-           "unscheduled_kernels"]
+           "schedule_variants", "unscheduled_kernels"]

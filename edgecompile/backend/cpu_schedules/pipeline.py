@@ -8,11 +8,13 @@ A kernel that is already scheduled (tuning records applied before) keeps its sch
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 from tvm.target import Target
 
+from . import knobs
 from .concat_split import keep_parts_unfused, split_concat
 from .legalize import make_legalize_map
 from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec
@@ -90,6 +92,28 @@ def schedule_one(func: tvm.tirx.PrimFunc, target: Target) -> tvm.ir.IRModule:
     mod = tvm.IRModule({"main": func})
     with target:
         return dlight.ApplyDefaultSchedule(*schedule_rules())(mod)
+
+
+def schedule_variants(func: tvm.tirx.PrimFunc, target: Target, limit: int) -> list:
+    """The rules' schedules of one kernel under each combination of the choices their cost
+    models ranked (knobs.py), the default first: [(choices, traced Schedule)], each schedule
+    once (with K chunks, how cores split the tiles is moot), of the first ``limit``
+    combinations; [] where no rule takes the kernel."""
+    def first_rule():
+        with target:
+            for rule in schedule_rules():
+                sch = rule.apply(func, target, False)
+                if sch is not None:
+                    return sch
+        return None
+
+    seen, out = set(), []
+    for choices, sch in knobs.explore(first_rule, limit):
+        key = None if sch is None else tvm_ffi.structural_hash(sch.mod)
+        if key is not None and key not in seen:
+            seen.add(key)
+            out.append((choices, sch))
+    return out
 
 
 def unscheduled_kernels(mod: tvm.ir.IRModule, target: Target) -> list[str]:

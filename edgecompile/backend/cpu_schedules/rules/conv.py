@@ -25,6 +25,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.sym import detect_linear_equation
 
+from .. import knobs
 from ..target_info import CpuInfo
 from .common import (
     MIN_PARALLEL_WORK,
@@ -54,7 +55,14 @@ def _row_tile(row: int, channels: int, info: CpuInfo) -> tuple[int, int, int]:
     ``row`` outputs, times ``mr`` output channels, leaving 4 vector registers spare."""
     nv, vl = split_vector(row, info.lanes, 4)
     regs_per_row = nv * ((vl + info.lanes - 1) // info.lanes)
-    return nv, vl, _pick_mr(channels, (info.vregs - regs_per_row - 4) // regs_per_row)
+    budget = (info.vregs - regs_per_row - 4) // regs_per_row
+    # `tune --search rules` also times the tiles of the next smaller budgets (knobs.py).
+    mrs = list(dict.fromkeys(_pick_mr(channels, max(1, budget - i)) for i in range(8)))
+    return nv, vl, knobs.choose("row.channels", mrs[:ROW_TILE_CHOICES])
+
+
+# Channel counts per row tile that `tune --search rules` times.
+ROW_TILE_CHOICES = 3
 
 
 # Input bytes one pixel super-block of a pointwise convolution may read (see _pixel_superblock).
@@ -160,6 +168,7 @@ class Conv2DNCHW(CpuRule):
             # before the next: each core then streams into C_out output planes in runs of
             # per*nv*vl pixels (not one tile's 256 B), while the super-block's input stays near L1.
             per = _pixel_superblock(hw // (nv * vl), red_ext[0], nv * vl)  # nv*vl divides hw
+            per = knobs.choose("row.superblock", (per, 1))
             pso, psi = sch.split(po, factors=[None, per])
             sch.reorder(n, pso, fo, psi, *rloops, fi, pu, pv)
             outer = sch.fuse(n, pso, fo, psi)

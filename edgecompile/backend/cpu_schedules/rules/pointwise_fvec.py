@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from tvm import s_tir
 
+from .. import knobs
 from ..tags import PW_FVEC_TAG
 from ..target_info import CpuInfo
 from .common import (
@@ -44,6 +45,8 @@ SHORT_K = 64
 EPILOGUE_PER_CHANNEL = 1.5
 # and the useful share of a short-K pointwise tile that leaves a guarded last tile.
 GUARDED_TILE = 0.75
+# Tiles, best score first, that `tune --search rules` times (knobs.py).
+TILE_CHOICES = 4
 
 
 def _vec_channels(sch: s_tir.Schedule, loop, b: int) -> None:
@@ -94,13 +97,17 @@ def _tile_weight_bytes_per_k(nf: int, conv: _ConvShape) -> int:
     return nf * conv.b * conv.taps * 4
 
 
-def _chunked(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
-    """Does a tile of nf channel vectors walk K in L1-sized chunks over all positions (the
-    schedule's cache blocking)? Where its weights overflow L1, there are channel tiles enough
-    for every core, and the accumulators of a whole channel block fit L1."""
+def _may_chunk(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
+    """Can a tile of nf channel vectors walk K in L1-sized chunks over all positions (the
+    schedule's cache blocking)? Where its weights overflow L1 and there are channel tiles
+    enough for every core."""
     return (_k_block(conv.k, _tile_weight_bytes_per_k(nf, conv)) < conv.k
-            and conv.f // (nf * conv.b) >= 2 * info.cores
-            and conv.hw * nf * conv.b * 4 <= L1_ACCUMULATOR_BYTES)
+            and conv.f // (nf * conv.b) >= 2 * info.cores)
+
+
+def _chunked(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
+    """Does it by default: where it may and the accumulators of a whole channel block fit L1."""
+    return _may_chunk(nf, conv, info) and conv.hw * nf * conv.b * 4 <= L1_ACCUMULATOR_BYTES
 
 
 def _weights_stay(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
@@ -115,6 +122,11 @@ def _weights_stay(nf: int, conv: _ConvShape, info: CpuInfo) -> bool:
 def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
     """(channel vectors nf, positions mr) of the register tile: mr*nf accumulators + nf weight
     vectors + one broadcast in the register file, scored by useful FMAs per cost."""
+    return _ranked_tiles(conv, info)[0]
+
+
+def _ranked_tiles(conv: _ConvShape, info: CpuInfo) -> list[tuple[int, int]]:
+    """Every tile _pick_tile considers, best score first."""
     hw, row, vectors = conv.hw, conv.row, conv.f // conv.b
     windowed = conv.taps > 1
     # Not grouped convs: ShuffleNet v1 g3's 120->480 @14 (K = 40 a group) in context, 5 x 4 ->
@@ -124,7 +136,7 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
     # vs 160 GFLOP/s on 96->576 @14x14); 16-register ISAs keep 2. Window convs: at most 24
     # accumulators (26 spilled: 64->256 3x3 @13, 2 x 13 ran 0.3-0.7x the speed of 1 x 13).
     spare = (3 if info.vregs >= 32 else 2) if windowed else max(2, info.vregs // 6)
-    best = (0.0, 0, 1, 1)
+    scored = []
     for nf_c in range(1, 9):
         if vectors % nf_c:
             continue
@@ -170,8 +182,9 @@ def _pick_tile(conv: _ConvShape, info: CpuInfo) -> tuple[int, int]:
                     cost += L2_WEIGHT_COST * nf_c
                 if row % mr_c:
                     useful *= ROW_CROSSING
-            best = max(best, (useful / cost, -(nf_c + mr_c), nf_c, mr_c))
-    return best[2], best[3]
+            scored.append((useful / cost, -(nf_c + mr_c), nf_c, mr_c))
+    ranked = list(dict.fromkeys((nf, mr) for *_, nf, mr in sorted(scored, reverse=True)))
+    return ranked or [(1, 1)]
 
 
 class PointwiseFVec(CpuRule):
@@ -217,11 +230,17 @@ class PointwiseFVec(CpuRule):
             taps *= int(iv.dom.extent)
         k_ext = int(stmt.iter_vars[4].dom.extent)
         grouped = _grouped(stmt, k_ext)
-        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, _split_by_positions(hw, f_ext, grouped), grouped)
-        nf, mr = _pick_tile(shape, info)
+        by_positions = _split_by_positions(hw, f_ext, grouped)
+        if not grouped:  # a grouped conv's split follows its groups' producers
+            by_positions = knobs.choose("fvec.split_by_positions", (by_positions, not by_positions))
+        shape = _ConvShape(hw, w, f_ext, k_ext, taps, b, by_positions, grouped)
+        nf, mr = knobs.choose("fvec.tile", _ranked_tiles(shape, info)[:TILE_CHOICES])
         po, pi = sch.split(p, factors=[None, mr])
         fo, fu, fv = sch.split(f, factors=[None, nf, b])
-        if _chunked(nf, shape, info):
+        chunked = _chunked(nf, shape, info)
+        if _may_chunk(nf, shape, info):
+            chunked = knobs.choose("fvec.k_chunks", (chunked, not chunked))
+        if chunked:
             # Cache blocking: this tile's weights (nf*b channels x K) overflow L1 (512->512 @14:
             # 128 KB re-read from L2 for every 4 positions). Walk all positions per K chunk so the
             # chunk's weights stay in L1; the accumulators of the whole channel block live in L1.
