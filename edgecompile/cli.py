@@ -146,7 +146,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model=args.model, target=args.target, trials=args.trials, trials_per_task=args.trials_per_task,
         input_size=args.input_size, rpc=args.rpc, tracker=args.tracker, key=args.key, timeout_s=args.timeout,
         threads=args.threads, root=args.records_dir, seed=args.seed, max_tasks=args.focus,
-        recheck=args.recheck, native_host=args.native_host,
+        recheck=args.recheck, native_host=args.native_host, search=args.search,
     ))
     print(json.dumps(result.to_dict()) if args.format == "json" else tune_run.format_tasks(result))
     return 0
@@ -308,6 +308,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--records-dir", type=Path,
                    help="records root (default: $EDGECOMPILE_TUNING_DIR or the repo's tuning/)")
     s.add_argument("--seed", type=int, help="search seed")
+    s.add_argument("--search", choices=("evolutionary", "rules"), default="evolutionary",
+                   help="evolutionary: MetaSchedule's search (default); rules (CPU targets): the "
+                        "default rules' own next-ranked tiles, K chunks and core splits, up to 16 "
+                        "a kernel (--trials-per-task caps it)")
     s.add_argument("--recheck", action="store_true",
                    help="no search: time the stored records against today's default schedules "
                         "again (after an upgrade, builds skip records until this has run)")

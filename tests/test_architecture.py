@@ -180,9 +180,9 @@ LAYERS = [
      "edgecompile.models", "edgecompile.targets", "edgecompile.records"},
     {"edgecompile.devices"},
     {"edgecompile.backend"},
-    {"edgecompile.tune.records"},
+    {"edgecompile.tune.records", "edgecompile.tune.environ"},
     {"edgecompile.pipeline"},
-    {"edgecompile.listing", "edgecompile.tune.run"},
+    {"edgecompile.listing", "edgecompile.tune.run", "edgecompile.tune.in_context"},
     {"edgecompile.measure"},
     {"edgecompile.report"},  # reads results; imports nothing that measures
     {"edgecompile.cli", "edgecompile.__main__"},

@@ -12,13 +12,17 @@ import json
 import shutil
 
 import pytest
+import tvm
+import tvm_ffi
 
+from edgecompile.backend import compiler
 from edgecompile.measure.verify import verify
 from edgecompile.pipeline.build import build, build_or_reuse
 from edgecompile.pipeline.spec import BuildOptions
 from edgecompile.targets import get_target
 from edgecompile.tune import records as tuning
 from edgecompile.tune import run as tune_run
+from edgecompile.tune.in_context import check_in_context
 
 # Real MetaSchedule runs of a few trials each (about 30 s in all); the real workload below is slow.
 pytestmark = pytest.mark.tvm
@@ -71,6 +75,52 @@ def test_resumed_run_reuses_records(tuned):
     assert 0 < more.trials_run <= TASKS * 2  # only the rest of the larger budget
 
 
+def test_rule_search_times_the_rules_own_choices_and_resumes(tmp_path):
+    """`--search rules`: the records are the rules' other ranked schedules of each kernel
+    (knobs.py), every one measured, none of them the default itself; each task's best is then
+    timed inside whole inferences, which decides; a second run has nothing left to time."""
+    from edgecompile.backend import metaschedule as tt
+    from edgecompile.backend.cpu_schedules import schedule_one
+
+    opts = tune_run.TuneOptions(MODEL, "x86", input_size=SIZE, root=tmp_path, max_tasks=TASKS,
+                                search="rules", trials_per_task=6)
+    out = io.StringIO()
+    r = tune_run.tune(opts, stream=out)
+    assert 0 < r.trials_run <= TASKS * 6 and r.valid == r.trials_run
+    assert "records against the defaults inside whole inferences" in out.getvalue()
+    by_task = {v["task"]: v for v in tuning.read_defaults(r.directory).values()}
+    database = tt.open_database(r.directory)
+    target = tuning.tuning_target(get_target("x86"), 2)
+    for row in r.tasks:
+        if row["trials_this_run"] == 0:
+            continue  # a kernel whose rule offers no choice
+        entry = by_task[row["task"]]
+        assert entry["context_default_ms"] == row["in_inference_default_ms"] > 0
+        assert entry["context_record_ms"] == row["in_inference_record_ms"] > 0
+        assert row["record_used"] == tuning.entry_wins(entry) == tuning.record_wins(
+            entry["context_default_ms"], entry["context_record_ms"])
+    # No record is the default schedule (head_to_head times that one).
+    g_tasks = {t["task"] for t in r.tasks if t["trials_this_run"]}
+    assert g_tasks
+    from edgecompile.pipeline.build import final_graph
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+
+    g = final_graph(BuildOptions(MODEL, "x86", input_size=SIZE))
+    build_target = compiler.make_target(get_target("x86").target, get_target("x86").host)
+    for t in tt.extract_tasks(tt.prepare(g.folded, INPUT_NAME, g.spec.input_shape, target), target):
+        if t.name not in g_tasks:
+            continue
+        default = schedule_one(tt._main_func(t.workload), build_target)["main"].body
+        for rec in database.get_top_k(database.commit_workload(t.workload), 100):
+            sch = tvm.s_tir.Schedule(t.workload)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            assert not tvm_ffi.structural_equal(sch.mod["main"].body, default)
+    # The same tasks again (--focus would now pick others: the records made these cheaper).
+    again = tune_run.tune(dataclasses.replace(opts, max_tasks=None, only=tuple(t["task"] for t in r.tasks)),
+                          stream=io.StringIO())
+    assert again.trials_run == 0
+
+
 def test_defaults_are_measured_for_every_task(tuned):
     """What a record must beat: the default schedule of each task, timed by the same runner."""
     root, r = tuned
@@ -82,10 +132,14 @@ def test_defaults_are_measured_for_every_task(tuned):
     assert all(len(v["default_schedule"]) == 16 for v in defaults.values())
     by_task = {v["task"]: v for v in defaults.values()}
     for row in r.tasks:
-        # Won the head-to-head, and the in-context check where one ran (tune.run._check_in_context).
-        assert row["record_used"] == tuning.entry_wins(by_task[row["task"]])
-        assert row["record_used"] <= tuning.record_wins(row["default_ms"], row["record_ms"])
         assert row["record_ms"] is not None  # timed head to head with the default
+        # Every record was timed inside whole inferences too (tune.in_context.check_in_context),
+        # and that decided. (defaults.json has the figures of the latest run: other tests tune
+        # these tasks again.)
+        assert "context_record_ms" in by_task[row["task"]]
+        inside = row["in_inference_default_ms"], row["in_inference_record_ms"]
+        assert inside[0] > 0 and inside[1] > 0
+        assert row["record_used"] == tuning.record_wins(*inside)
 
 
 def _with_defaults(root, dest, default_ms):
@@ -115,10 +169,10 @@ def test_records_that_lose_inside_the_inference_are_not_applied(tuned, tmp_path,
         assert a.manifest["tuning"]["tasks_tuned"] == applied, name
 
 
-def test_in_context_check_times_every_winner_inside_whole_inferences(tuned, tmp_path):
-    """tune's in-context check builds the model with its records and without, and finds every
-    head-to-head winner among the model's kernels (task names are the kernels' names), timed in
-    both builds."""
+def test_in_context_check_times_every_record_inside_whole_inferences(tuned, tmp_path):
+    """tune's in-context check builds the model with the records it checks and without, and
+    finds each of those tasks among the model's kernels (task names are the kernels' names),
+    timed in both builds."""
     from edgecompile.backend import metaschedule as tt
     from edgecompile.pipeline.build import final_graph
     from edgecompile.pipeline.stages.export import INPUT_NAME
@@ -134,7 +188,7 @@ def test_in_context_check_times_every_winner_inside_whole_inferences(tuned, tmp_
     winners = [t for t in tasks if tuning.entry_wins(tuning.read_defaults(d).get(hashes[t.name], {}))]
     assert len(winners) == TASKS
     out = io.StringIO()
-    decided = tune_run._check_in_context(g.folded, g.spec.input_shape, preset, d, tasks, hashes, 2, out)
+    decided = check_in_context(g.folded, g.spec.input_shape, preset, d, tasks, winners, hashes, 2, out)
     # The records build read this database (not the shipped one, nor $EDGECOMPILE_TUNING_DIR).
     assert f"the records build uses {TASKS} records" in out.getvalue()
     for t in winners:

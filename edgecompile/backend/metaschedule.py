@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -290,6 +291,49 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
             )
 
 
+def tune_rule_choices(tasks: list[Task], done: list[int], per_task: int, database, target,
+                      build_target, builder, runner, states: list[TaskProgress],
+                      on_update: ProgressFn, rounds: int = 3) -> None:
+    """`tune --search rules`: each task scheduled by our rules under the other choices their
+    cost models ranked (cpu_schedules/knobs.py: tiles, K chunks, how cores split the work),
+    built and timed by the same builder and runner as MetaSchedule's candidates, and committed
+    as tuning records (the rule's trace); the default itself is not a record (head_to_head
+    times it). The variants come in a fixed order: a task that has ``done[i]`` trials has had
+    its first ones timed (compaction may have dropped their records since), and gets the next
+    ones up to ``per_task``."""
+    ms = ms_module()
+    from edgecompile.backend.cpu_schedules import schedule_variants
+
+    for i, task in enumerate(tasks):
+        if done[i] >= per_task:
+            continue
+        func = _main_func(task.workload)
+        wl = database.commit_workload(task.workload)
+        stored = {_trace_key(r.trace) for r in database.get_top_k(wl, 1 << 30)}
+        variants = [sch for _, sch in schedule_variants(func, build_target, per_task + 1)[1:]]
+        variants = [v for v in variants[done[i]:per_task] if _trace_key(v.trace) not in stored]
+        if not variants:
+            continue
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
+        st = states[i]
+        # Variants a few % apart, on a machine whose load moves one kernel's time by 1.3x between
+        # two measurements a minute apart: the fastest of `rounds` passes over all of them.
+        fastest = _measure([v.mod for v in variants], build_target, builder, runner, rounds)
+        for sch, secs in zip(variants, fastest, strict=True):
+            st.trials += 1
+            if secs is None:
+                continue
+            st.valid += 1
+            st.best_s = secs if st.best_s is None else min(st.best_s, secs)
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [secs], target, args))
+        on_update(states, i)
+
+
+def _trace_key(trace) -> str:
+    """A trace's instructions and decisions as text: the same schedule gives the same key."""
+    return str(trace.as_json(remove_postproc=True))
+
+
 def _strategy(search: str):
     """"evolutionary": MetaSchedule's search with a smaller population than its default (the
     search itself costs tens of seconds per batch on 2 cores); "replay-trace": random schedules,
@@ -360,22 +404,17 @@ def head_to_head(tasks: list[Task], database, target, builder, runner,
             pairs.append((default_schedule(_main_func(t.workload), target), sch.mod))
             where.append(i)
     # Round after round: default, record, default, record, ... for every task.
-    secs = _measure([m for _ in range(rounds) for pair in pairs for m in pair], target, builder, runner)
-    per_round = 2 * len(pairs)
+    secs = _measure([m for pair in pairs for m in pair], target, builder, runner, rounds)
     out: list[tuple[float | None, float | None]] = [(None, None)] * len(tasks)
     for k, i in enumerate(where):
-        first = [r * per_round + 2 * k for r in range(rounds)]  # this task's defaults
-        out[i] = (_fastest([secs[j] for j in first]), _fastest([secs[j + 1] for j in first]))
+        out[i] = (secs[2 * k], secs[2 * k + 1])
     return out
 
 
-def _fastest(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return min(vals) if vals else None
-
-
-def _measure(mods: list[Any], target, builder, runner) -> list[float | None]:
-    """Seconds per call of each scheduled module ({"main": func}); None where it failed."""
+def _measure(mods: list[Any], target, builder, runner, rounds: int = 1) -> list[float | None]:
+    """Seconds per call of each scheduled module ({"main": func}), built once and timed in
+    ``rounds`` passes over all of them, the fastest pass kept (load only adds time); None where
+    it failed to build or run."""
     ms = ms_module()
     built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
@@ -383,11 +422,18 @@ def _measure(mods: list[Any], target, builder, runner) -> list[float | None]:
     inputs = [ms.runner.RunnerInput(built[i].artifact_path, device,
                                     ms.arg_info.ArgInfo.from_prim_func(_main_func(mods[i])))
               for i in ok]
-    secs: list[float | None] = [None] * len(mods)
-    for i, future in zip(ok, runner.run(inputs), strict=True):
-        r = future.result()
-        secs[i] = _mean_secs(r.run_secs) if r.error_msg is None else None
-    return secs
+    timed: list[list[float]] = [[] for _ in mods]
+    try:
+        for _ in range(rounds):
+            for i, future in zip(ok, runner.run(inputs), strict=True):
+                r = future.result()
+                secs = _mean_secs(r.run_secs) if r.error_msg is None else None
+                if secs is not None:
+                    timed[i].append(secs)
+    finally:
+        for i in ok:  # each candidate's own temporary directory (MetaSchedule's remove_build_dir)
+            shutil.rmtree(os.path.dirname(built[i].artifact_path), ignore_errors=True)
+    return [min(t) if t else None for t in timed]
 
 
 def _main_func(workload):

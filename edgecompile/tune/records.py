@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ KEY_FILE = "key.json"
 # latency and the best record's, timed head to head by tune on the tuning device, and which
 # default schedule that was (backend.metaschedule.default_schedule_id); for a record that won
 # there, tuned on this host, also "context_default_ms" / "context_record_ms": the two timed
-# inside whole inferences of the model (tune.run._check_in_context).
+# inside whole inferences of the model (tune.in_context.check_in_context).
 DEFAULTS_FILE = "defaults.json"
 # A record is used where its latency is below this share of the default's: timings of one
 # kernel vary by a few percent run to run, and a record that only ties is not worth the risk
@@ -282,17 +283,16 @@ def record_wins(default_ms: float | None, record_ms: float | None) -> bool:
 
 
 def entry_wins(entry: dict[str, Any]) -> bool:
-    """Whether a task's record is used, from its entry in defaults.json: it won the head-to-head
-    and, where tune also timed the two inside whole inferences (its in-context check: the
-    ``context_*`` keys), it won there as well -- a record the check could not find in the
-    model's calls is not used. Alone and hot, records beat our default schedules by 5-47% and
+    """Whether a task's record is used, from its entry in defaults.json: where tune timed the
+    two inside whole inferences (its in-context check: the ``context_*`` keys), a win there --
+    a record the check could not find in the model's calls is not used; else a win in the
+    head-to-head, alone and hot. Alone and hot, records beat our default schedules by 5-47% and
     then ran slower inside the inference (a Zen 4: mobilenet_v2_100's records build 1.10x the
-    default build's latency, mobilenext_100's 1.04x)."""
-    if not record_wins(entry.get("default_ms"), entry.get("record_ms")):
-        return False
+    default build's latency, mobilenext_100's 1.04x); and the rules' own variants that ran
+    inside it faster lost alone (tune checks every one of those in context)."""
     if "context_record_ms" in entry:
         return record_wins(entry.get("context_default_ms"), entry.get("context_record_ms"))
-    return True
+    return record_wins(entry.get("default_ms"), entry.get("record_ms"))
 
 
 # A GPU's limits MetaSchedule searches within: the target's attribute <- the device's own (TVM
@@ -408,11 +408,14 @@ def records_for_model(model: onnx.ModelProto, input_shape: tuple[int, ...], pres
 
 
 def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...],
-                         preset: TargetPreset, target, mode: str = "isa", root: Path | None = None):
+                         preset: TargetPreset, target, mode: str = "isa", root: Path | None = None,
+                         tasks: Collection[str] | None = None):
     """(module to compile, manifest "tuning" section, the same module unscheduled): the
     prepared module with the records that beat the default schedules applied, or (None,
     section, None) when none apply and the build takes its ordinary path. The unscheduled one
-    is what the kernel table reads (a tuned kernel's blocks no longer say what it computes)."""
+    is what the kernel table reads (a tuned kernel's blocks no longer say what it computes).
+    ``tasks``: the best record of exactly these tasks instead, won or not (tune's in-context
+    check times them)."""
     match = records_for_model(model, input_shape, preset, root, mode)
     section: dict[str, Any] = {"mode": mode}
     if match.directory is None:
@@ -428,6 +431,8 @@ def compile_with_records(model: onnx.ModelProto, input_name: str, input_shape: t
     stale: list[str] = []
 
     def use(workload: str, task) -> bool:
+        if tasks is not None:
+            return task.name in tasks
         # Decided by tune's head-to-head timing of the two (defaults.json), not by the
         # database's best, which was timed at another moment than the default; and only while
         # the default is still the schedule it was timed against (`tune --recheck` re-times).

@@ -3,7 +3,6 @@ appended to the records store (records.py) as it goes, so an interrupted run res
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -16,6 +15,8 @@ from edgecompile.backend import compiler, core, rpc_client
 from edgecompile.devices import tracker
 from edgecompile.devices.spec import DEFAULT_TIMEOUT_S, DeviceSpec
 from edgecompile.errors import EdgeCompileError, UsageError
+from edgecompile.tune.environ import environ
+from edgecompile.tune.in_context import check_in_context
 from edgecompile.tune.records import (
     compact_records,
     entry_wins,
@@ -32,6 +33,10 @@ from edgecompile.tune.records import (
     write_defaults,
     write_key,
 )
+
+# `--search rules`: a kernel's rule schedules timed at most besides its default (PointwiseFVec
+# offers up to 2 core splits x 4 tiles x 2 K walks).
+RULE_VARIANTS = 16
 
 
 @dataclass
@@ -54,7 +59,9 @@ class TuneOptions:
     max_tasks: int | None = None  # tune only the N tasks costing the model the most time
     only: tuple[str, ...] | None = None  # tune only the tasks of these names
     compact: bool = True  # keep only the best records per task at the end (repo size)
-    search: str = "evolutionary"  # or "replay-trace" (random schedules; tiny runs, tests)
+    # or "replay-trace" (random schedules; tiny runs, tests), or "rules": our rules' own ranked
+    # alternatives (tiles, K chunks, core split), RULE_VARIANTS per task at most; CPUs only
+    search: str = "evolutionary"
     builder: str = "inprocess"  # or "pool" (MetaSchedule's LocalBuilder with our build function)
     # No search: time the default schedules and the records already stored against each other
     # again (after an upgrade changed the default schedules, builds skip the records until then).
@@ -141,21 +148,6 @@ def _costliest(tasks, database, target, defaults: dict[str, float | None], n: in
     return sorted(tasks, key=cost, reverse=True)[:n]
 
 
-@contextlib.contextmanager
-def _environ(**values: str | None):
-    """Set the given variables (None: leave as is) for the block, then restore them."""
-    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def tune(opts: TuneOptions, stream=None) -> TuneResult:
     from edgecompile.backend import metaschedule as tt
     from edgecompile.pipeline.build import final_graph
@@ -177,6 +169,9 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     if not remote and not compiler.can_run_here(preset.target):
         raise UsageError(f"'{preset.name}' code does not run on this host: tune it on a device "
                          "(--rpc HOST:PORT, or --tracker HOST:PORT --key KEY)")
+    if gpu and opts.search == "rules":
+        raise UsageError(f"'{preset.name}' kernels are scheduled by dlight's GPU rules: "
+                         "--search rules is for CPU targets")
     device = _reach_device(opts, gpu) if remote else None
     threads = None if gpu else opts.threads or preset.threads or (os.cpu_count() or 1)
     t0 = time.monotonic()
@@ -214,7 +209,7 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
     # Local candidates run in worker processes whose TVM pool is sized from this variable
     # (TVM's own x86 default is half the CPUs): measure with the threads the records are for,
     # key.json's tuned_threads -- and leave the caller's environment as it was.
-    with _environ(TVM_NUM_THREADS=None if remote else str(threads)):
+    with environ(TVM_NUM_THREADS=None if remote else str(threads)):
         defaults = _default_latencies(tasks, hashes, ids, directory, build_target, builder, runner,
                                       stream)
         if opts.recheck:
@@ -222,7 +217,8 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         elif opts.max_tasks:
             tasks = _costliest(tasks, database, target, defaults, opts.max_tasks)
 
-        per_task = opts.trials_per_task or max(1, math.ceil(opts.trials / max(1, len(tasks))))
+        per_task = opts.trials_per_task or (
+            RULE_VARIANTS if opts.search == "rules" else max(1, math.ceil(opts.trials / max(1, len(tasks)))))
         before = [tt.task_records(database, t, target) for t in tasks]
         done = [trials_done(directory, hashes[t.name], n) for t, (n, _) in
                 zip(tasks, before, strict=True)]
@@ -238,11 +234,16 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         if sum(remaining):
             guard = _DeviceGuard(opts, where, directory) if remote else None
             try:
-                tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
-                              lambda s, i: printer(s, i, done_before), _log_dir(directory),
-                              trials_per_iter=opts.trials_per_iter, seed=opts.seed,
-                              cost_model=opts.cost_model, search=opts.search,
-                              on_batch=guard)
+                if opts.search == "rules":
+                    tt.tune_rule_choices(tasks, done, per_task, database, target, build_target,
+                                         builder, runner, states,
+                                         lambda s, i: printer(s, i, done_before))
+                else:
+                    tt.tune_tasks(tasks, remaining, database, target, builder, runner, states,
+                                  lambda s, i: printer(s, i, done_before), _log_dir(directory),
+                                  trials_per_iter=opts.trials_per_iter, seed=opts.seed,
+                                  cost_model=opts.cost_model, search=opts.search,
+                                  on_batch=guard)
             except Exception:
                 if guard is not None and guard.lost:
                     raise EdgeCompileError(guard.lost) from None
@@ -250,9 +251,17 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         database = tt.open_database(directory)  # re-read: everything appended this run
         decided = _decide(tasks, hashes, ids, database, directory, build_target, builder, runner,
                           stream)
-        if not remote and any(entry_wins(decided[t.name]) for t in tasks):
-            decided = _check_in_context(model, shape, preset, directory, tasks, hashes, threads,
-                                        stream)
+        # Every record is checked inside whole inferences, which decides (entry_wins), not only
+        # the head-to-head's winners: the rules' own variants are built for an inference's cold
+        # caches and can lose alone and hot while winning there. One build pair either way.
+        check = [t for t in tasks if decided[t.name].get("record_ms") is not None]
+        if not remote and check:
+            try:
+                decided = check_in_context(model, shape, preset, directory, tasks, check, hashes,
+                                           threads, stream)
+            except EdgeCompileError as e:  # more threads than this process's TVM pool has
+                stream.write(f"records not timed inside whole inferences ({e}): the head-to-head "
+                             "decides\n")
 
     rows = [_task_row(t, st, database, directory, target, hashes[t.name], decided[t.name])
             for t, st in zip(tasks, states, strict=True)]
@@ -260,7 +269,7 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         compact_records(directory)
     untuned = [r["task"] for r in rows if r["best_ms"] is None]
     est = round(sum(r["total_ms"] for r in rows if r["total_ms"] is not None), 3)
-    base = round(sum(r["default_ms"] * r["weight"] for r in rows if r["default_ms"] is not None), 3)
+    base = round(sum(r["default_total_ms"] for r in rows if r["default_total_ms"] is not None), 3)
     return TuneResult(directory, name, rows, sum(s.trials for s in states),
                       sum(s.valid for s in states), time.monotonic() - t0, est, default_ms=base,
                       untuned=untuned)
@@ -320,73 +329,6 @@ def _decide(tasks, hashes: dict[str, str], ids: dict[str, str], database, direct
     return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
 
 
-# Whole inferences per build and rounds of the two builds, alternating, in the in-context check.
-CONTEXT_RUNS = 20
-CONTEXT_ROUNDS = 3
-
-
-def _check_in_context(model, shape, preset, directory: Path, tasks, hashes: dict[str, str],
-                      threads: int, stream) -> dict[str, dict]:
-    """The records that won the head-to-head, timed again where they run: the model built with
-    its records and without, each kernel timed inside whole inferences (the VM's calls, as
-    scripts/bench_in_context.py), the fastest of CONTEXT_ROUNDS alternating rounds per build.
-    Each winner's entry in defaults.json gets both figures; entry_wins then asks for a win
-    there too. (Alone and hot, a record measures against a default whose inputs and weights are
-    in cache; inside an inference they are not, and our defaults are built for that.)"""
-    import tempfile
-
-    from edgecompile.pipeline.stages.compile import compile_onnx
-    from edgecompile.pipeline.stages.export import INPUT_NAME
-
-    stored = read_defaults(directory)
-    winners = [t for t in tasks if entry_wins(stored.get(hashes[t.name], {}))]
-    stream.write(f"timing {len(winners)} winning records against the defaults inside whole "
-                 "inferences\n")
-    # The records build reads this tuning run's database (a --records-dir root, or the shipped
-    # one), whatever EDGECOMPILE_TUNING_DIR says.
-    with tempfile.TemporaryDirectory(prefix="edgecompile-context-") as tmp, \
-            _environ(EDGECOMPILE_TUNING_DIR=str(directory.parent)):
-        built = {kind: compile_onnx(model, INPUT_NAME, shape, preset, Path(tmp) / f"{kind}.so",
-                                    records=mode)
-                 for kind, mode in (("default", "none"), ("record", "exact"))}
-        applied = built["record"].tuning.get("tasks_tuned", 0)
-        stream.write(f"the records build uses {applied} records\n")
-        libs = {kind: lib.path for kind, lib in built.items()}
-        rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in libs}
-        for _ in range(CONTEXT_ROUNDS):
-            for kind, lib in libs.items():
-                rounds[kind].append(_kernel_times_in_context(lib, shape, threads))
-    for t in winners:
-        entry = stored[hashes[t.name]]
-        for kind in libs:
-            secs = [r[t.name] for r in rounds[kind] if t.name in r]
-            entry[f"context_{kind}_ms"] = round(min(secs) * 1e3, 5) if secs else None
-        if entry["context_default_ms"] is None or entry["context_record_ms"] is None:
-            stream.write(f"{t.name}: not among the built model's kernels, its record not used\n")
-    write_defaults(directory, stored)
-    return {t.name: stored.get(hashes[t.name], {}) for t in tasks}
-
-
-def _kernel_times_in_context(lib: Path, shape, threads: int) -> dict[str, float]:
-    """Seconds each kernel takes inside an inference (all its calls), the median of CONTEXT_RUNS."""
-    import numpy as np
-
-    from edgecompile.backend import runtime
-    from edgecompile.pipeline import numerics
-    from edgecompile.pipeline.stages.export import INPUT_NAME
-
-    loaded = runtime.load_local(lib, "cpu", INPUT_NAME)
-    loaded.configure_threads(threads, "default")
-    x = loaded.put(numerics.parity_inputs(shape[0], tuple(shape[1:])))
-    for _ in range(3):
-        loaded.run_uploaded(x)
-    calls = [loaded.call_times(x) for _ in range(CONTEXT_RUNS)]
-    out: dict[str, float] = {}
-    for i, (name, _) in enumerate(calls[0]):
-        out[name] = out.get(name, 0.0) + float(np.median([c[i][1] for c in calls]))
-    return out
-
-
 def _task_row(t, st, database, directory: Path, target, shash: str,
               decided: dict[str, Any]) -> dict[str, Any]:
     from edgecompile.backend import metaschedule as tt
@@ -397,14 +339,24 @@ def _task_row(t, st, database, directory: Path, target, shash: str,
     default_ms, record_ms = decided.get("default_ms"), decided.get("record_ms")
     wins = entry_wins(decided)
     used_ms = record_ms if wins else default_ms
+    # All calls of the kernel: inside whole inferences where tune timed it there (what decided),
+    # else calls x the head-to-head's figure.
+    in_default, in_record = decided.get("context_default_ms"), decided.get("context_record_ms")
+    if in_default is not None and in_record is not None:
+        default_total, total = in_default, in_record if wins else in_default
+    else:
+        default_total = None if default_ms is None else default_ms * t.weight
+        total = None if used_ms is None else used_ms * t.weight
     return {
         "task": t.name, "weight": t.weight, "mflop": round(t.flop / 1e6, 2), "trials": n,
         "trials_this_run": st.trials, "valid_this_run": st.valid, "best_ms": best_ms,
         "default_ms": default_ms, "record_ms": record_ms,
         "speedup": None if not (record_ms and default_ms) else round(default_ms / record_ms, 2),
+        "in_inference_default_ms": in_default, "in_inference_record_ms": in_record,
         "record_used": wins,
-        "total_ms": None if used_ms is None else round(used_ms * t.weight, 4),
-        "gflops": None if not used_ms else round(t.flop / used_ms / 1e6, 2),
+        "default_total_ms": None if default_total is None else round(default_total, 4),
+        "total_ms": None if total is None else round(total, 4),
+        "gflops": None if not total else round(t.flop * t.weight / total / 1e6, 2),
     }
 
 
@@ -463,7 +415,8 @@ def format_tasks(result: TuneResult) -> str:
     used = sum(1 for r in rows if r["record_used"])
     return (as_table(rows) + f"\n{result.trials_run} trials this run ({result.valid} valid) in "
             f"{result.seconds:.0f}s; {used} of {len(rows)} tasks use their record (faster than "
-            f"the default schedule); kernel time x calls: {result.default_ms} ms with the default "
-            f"schedules, {result.estimate_ms} ms with the records; records: {result.directory}")
+            f"the default schedule); these kernels' time, all calls (inside whole inferences where "
+            f"timed there): {result.default_ms} ms with the default schedules, "
+            f"{result.estimate_ms} ms with the records; records: {result.directory}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ def compile_onnx(
     out_path: Path,
     pipeline: str = "default",
     records: str = "isa",
+    record_tasks: Collection[str] | None = None,
 ) -> CompiledLibrary:
     target = compiler.make_target(preset.target, preset.host)
-    # Tuning records for this preset on this CPU or its ISA class (see edgecompile.tune.records).
+    # Tuning records for this preset on this CPU or its ISA class (see edgecompile.tune.records);
+    # record_tasks: those tasks' best records, won or not (tune's in-context check).
     mod, tuning, unscheduled = (
-        compile_with_records(model, input_name, input_shape, preset, target, records)
+        compile_with_records(model, input_name, input_shape, preset, target, records, tasks=record_tasks)
         if pipeline == "default" else (None, {"records": None, "reason": f"pipeline {pipeline}"}, None))
     fused = mod is not None  # the records' module is legalised and fused already
     if mod is None:
