@@ -41,9 +41,9 @@ from edgecompile.targets import TargetPreset
 KEY_FILE = "key.json"
 # Workload hash -> {"task", "default_ms", "record_ms", "default_schedule"}: the default schedule's
 # latency and the best record's, timed head to head by tune on the tuning device, and which
-# default schedule that was (backend.metaschedule.default_schedule_id); for a record that won
-# there, tuned on this host, also "context_default_ms" / "context_record_ms": the two timed
-# inside whole inferences of the model (tune.in_context.check_in_context).
+# default schedule that was (backend.metaschedule.default_schedule_id); tuned on this host, also
+# "context_default_ms" / "context_record_ms": the two timed inside whole inferences of the model
+# (tune.in_context.check_in_context), which then decide (entry_wins).
 DEFAULTS_FILE = "defaults.json"
 # A record is used where its latency is below this share of the default's: timings of one
 # kernel vary by a few percent run to run, and a record that only ties is not worth the risk
