@@ -278,7 +278,7 @@ def tune_tasks(tasks: list[Task], trials_per_task: list[int], database, target, 
                 num_threads=os.cpu_count() or 1, strategy=_strategy(search),
             )
             # on_batch first: MetaSchedule's own callbacks record the batch.
-            first = [_measure_callback(lambda _i, b, r: on_batch(b, r))] if on_batch else []
+            first = [_measure_callback(lambda _i, b, r: _stop_or_go(on_batch, b, r))] if on_batch else []
             callbacks = first + \
                 ms.measure_callback.MeasureCallback.create("default") + [
                 _progress_callback(states, idx, on_update)]
@@ -332,6 +332,18 @@ def tune_rule_choices(tasks: list[Task], done: list[int], per_task: int, databas
 def _trace_key(trace) -> str:
     """A trace's instructions and decisions as text: the same schedule gives the same key."""
     return str(trace.as_json(remove_postproc=True))
+
+
+def _stop_or_go(on_batch: BatchFn, builder_results, runner_results) -> None:
+    """``on_batch``; where it stops the run, the batch's build directories are removed here,
+    as MetaSchedule's RemoveBuildArtifact, which then never runs, would have."""
+    try:
+        on_batch(builder_results, runner_results)
+    except Exception:
+        for b in builder_results:
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        raise
 
 
 def _strategy(search: str):
