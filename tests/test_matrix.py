@@ -7,6 +7,7 @@ results exactly once, the lost attempt recorded, and a re-run must skip what is 
 import json
 import os
 import signal
+import threading
 
 import pytest
 from conftest import act_when
@@ -26,18 +27,13 @@ def _opts(tmp_path, tracker, **kw):
     return MatrixOptions(**(base | kw))
 
 
-def _both_busy(tracker_address: str, key: str) -> bool:
-    from tvm import rpc
-
-    host, _, port = tracker_address.rpartition(":")
-    summary = rpc.connect_tracker(host, int(port)).summary()
-    return summary["queue_info"].get(key, {}).get("free", 1) == 0
-
-
-def _when_both_busy(tracker, action):
-    # 0.3 s after both devices took a job: well inside it (upload, load, bench).
-    return act_when(lambda: _both_busy(tracker.address, "x86"), action, settle_s=0.3, poll_s=0.05,
-                    timeout_s=200)
+def _when_running_on(server, action):
+    """(say, watcher): ``action`` runs 0.3 s after the farm says a job runs on ``server``, well
+    inside that job (load, bench). (Waiting for both devices to be busy at once could miss: each
+    job is a process that starts in seconds on a loaded machine, and two leases need not overlap.)"""
+    seen = threading.Event()
+    watcher = act_when(seen.is_set, action, settle_s=0.3, poll_s=0.05, timeout_s=200)
+    return (lambda text: seen.set() if text.endswith(f"running on {server.address}") else None), watcher
 
 
 def _records(path):
@@ -55,10 +51,10 @@ def farm(tmp_path):
 
 def test_a_device_killed_mid_job_loses_nothing(tmp_path, farm):
     tracker, a, b = farm
-    watcher = _when_both_busy(tracker, b.stop)
-    records = run_matrix(_opts(tmp_path, tracker.address))
-    watcher.join(timeout=1)
-    assert not b.alive()
+    say, watcher = _when_running_on(b, b.stop)
+    records = run_matrix(_opts(tmp_path, tracker.address), say=say)
+    watcher.join(timeout=30)
+    assert not watcher.is_alive() and not b.alive()
     on_disk = _records(tmp_path / "r.jsonl")
     assert sorted(r["model"] for r in on_disk) == sorted(MODELS)  # each exactly once
     assert all(r["status"] == "ok" for r in on_disk) and len(records) == len(MODELS)
@@ -72,9 +68,9 @@ def test_a_device_killed_mid_job_loses_nothing(tmp_path, farm):
 
 def test_a_frozen_device_times_out_and_the_job_moves(tmp_path, farm):
     tracker, a, b = farm
-    watcher = _when_both_busy(tracker, lambda: os.killpg(b.proc.pid, signal.SIGSTOP))
+    say, watcher = _when_running_on(b, lambda: os.killpg(b.proc.pid, signal.SIGSTOP))
     try:
-        run_matrix(_opts(tmp_path, tracker.address, job_timeout_s=45))
+        run_matrix(_opts(tmp_path, tracker.address, job_timeout_s=45), say=say)
     finally:
         watcher.join(timeout=1)
         os.killpg(b.proc.pid, signal.SIGCONT)

@@ -244,6 +244,7 @@ class Farm:
                     _kill(proc)
                     job.avoided += 1
                     return None, None
+                self.say(f"matrix: {job.id} running on {server}")
             elif ev.get("event") == "result":
                 proc.wait()
                 return ev, False
