@@ -112,3 +112,14 @@ def test_variants_are_distinct_and_replay_from_a_record(case, tmp_path):
         sch = tvm.s_tir.Schedule(task.workload)
         trace.apply_to_schedule(sch, remove_postproc=False)
         assert tvm_ffi.structural_hash(sch.mod) in hashes[1:]
+
+
+@pytest.mark.tvm
+def test_the_row_kernel_offers_rows_of_up_to_8_vectors():
+    """784 = 49 x 16 positions: one 16-lane vector a tile by default (no divisor of 49 up to 4),
+    7 vectors a choice for tuning (a stem's 112-wide row is the same case)."""
+    target, task = _kernel(CASES["pointwise 58->58 @28 + residual"], (1, 58, 28, 28))
+    asked: list = []
+    with knobs.fixed({}, asked):
+        schedule_one(metaschedule._main_func(task.workload), target)
+    assert ("row.vectors", ((1, 16), (7, 16))) in asked

@@ -53,7 +53,11 @@ def _coef(expr, var) -> int | None:
 def _row_tile(row: int, channels: int, info: CpuInfo) -> tuple[int, int, int]:
     """Register tile of a row-vector convolution: ``nv`` vectors of ``vl`` lanes along a row of
     ``row`` outputs, times ``mr`` output channels, leaving 4 vector registers spare."""
-    nv, vl = split_vector(row, info.lanes, 4)
+    # Up to 4 vectors a row tile; `tune --search rules` also times up to 8 (a row of 7 registers,
+    # 112 = 7 x 16, is otherwise one vector x 16 channels: a broadcast load per FMA). In context
+    # on the Xeon VM, 2 threads: SqueezeNet's stem 3->64 s2 @111 0.31 -> 0.27 ms as 7 x 2, but
+    # MobileNet v1's pointwise layers on 784 = 7 x 16 or 3136 = 8 x 16 positions 5-45% slower.
+    nv, vl = knobs.choose("row.vectors", [split_vector(row, info.lanes, m) for m in (4, 8)])
     regs_per_row = nv * ((vl + info.lanes - 1) // info.lanes)
     budget = (info.vregs - regs_per_row - 4) // regs_per_row
     # `tune --search rules` also times the tiles of the next smaller budgets (knobs.py).
