@@ -226,10 +226,12 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
         done_before = {t.name: best for t, (_, best) in zip(tasks, before, strict=True)}
         states = [tt.TaskProgress(t.name, t.weight, t.flop) for t in tasks]
         reused = sum(1 for n, _ in before if n > 0)
+        # A rules search times what the rules offer, often fewer variants than its budget.
+        count = f"up to {per_task} variants" if opts.search == "rules" else f"{per_task} trials"
         stream.write(f"{name} -> {preset.name} ({device['name'] if gpu else target_key(preset)['mcpu']}): "
                      f"{len(tasks)} tasks, "
-                     f"{per_task} trials each; {reused} tasks already have records in {directory}; "
-                     f"{sum(remaining)} trials to run\n")
+                     f"{count} each; {reused} tasks already have records in {directory}; "
+                     f"{'at most ' if opts.search == 'rules' else ''}{sum(remaining)} trials to run\n")
         printer = _Printer(stream, sum(remaining))
         if sum(remaining):
             guard = _DeviceGuard(opts, where, directory) if remote else None
