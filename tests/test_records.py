@@ -150,6 +150,41 @@ def test_records_are_found_by_cpu_then_by_isa_class(tmp_path):
         tuning.find_records(preset, tmp_path, mode="sometimes")
 
 
+def test_the_isa_class_is_ordered_by_likeness_to_this_cpu(tmp_path, monkeypatch):
+    """Other CPUs' databases of the class: the same vendor and cache sizes first (where the
+    build is for this machine's CPU), else by name; never instead of this CPU's own."""
+    preset = get_target("x86")
+    here = tuning.target_key(preset)
+    amd = _fake_db(tmp_path, "x86-a", preset, target=here | {"mcpu": "a"}, cpu="AMD EPYC (a)",
+                   caches={"l1d_kb": 32, "l2_kb": 1024})
+    intel = _fake_db(tmp_path, "x86-b", preset, target=here | {"mcpu": "b"},
+                     cpu="Intel(R) Xeon(R) Processor (b)")
+    intel_caches = _fake_db(tmp_path, "x86-c", preset, target=here | {"mcpu": "c"},
+                            cpu="Intel(R) Core(TM) (c)", caches={"l1d_kb": 48, "l2_kb": 2048})
+
+    def order():
+        return [d for d, _, _ in tuning.candidate_records(preset, tmp_path)[0]]
+
+    xeon = {"vendor": "Intel", "caches": {"l1d_kb": 48, "l2_kb": 2048}}
+    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: xeon)
+    assert order() == [intel_caches, intel, amd]
+    epyc = {"vendor": "AMD", "caches": {"l1d_kb": 32, "l2_kb": 1024}}
+    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: epyc)
+    assert order() == [amd, intel, intel_caches]
+    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: None)  # a cross build
+    assert order() == [amd, intel, intel_caches]
+    exact = _fake_db(tmp_path, tuning.records_dir(preset, tmp_path).name, preset, cpu="AMD")
+    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: epyc)
+    assert order()[0] == exact
+
+
+def test_likeness_reads_the_vendor_from_the_cpu_description():
+    assert tuning.vendor("AMD EPYC 9B45") == "AMD" and tuning.vendor("Intel(R) Xeon(R)") == "Intel"
+    assert tuning.vendor("Raspberry Pi 4 Model B Rev 1.4") is None
+    assert tuning.likeness({"cpu": "Cortex-A72"}, {"vendor": None, "caches": {}}) == 0
+    assert tuning.likeness({"cpu": "AMD EPYC"}, None) == 0
+
+
 def test_a_record_is_used_only_where_it_beat_the_default():
     assert tuning.record_wins(default_ms=1.0, record_ms=0.5)
     assert not tuning.record_wins(default_ms=1.0, record_ms=0.97)  # a tie within noise

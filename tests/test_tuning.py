@@ -15,7 +15,7 @@ import pytest
 import tvm
 import tvm_ffi
 
-from edgecompile.backend import compiler
+from edgecompile.backend import compiler, core
 from edgecompile.measure.verify import verify
 from edgecompile.pipeline.build import build, build_or_reuse
 from edgecompile.pipeline.spec import BuildOptions
@@ -62,6 +62,7 @@ def test_records_land_in_the_per_cpu_database(tuned):
     assert len(lines) >= r.valid
     key = json.loads((d / tuning.KEY_FILE).read_text())
     assert key["target"] == tuning.target_key(preset)
+    assert key["caches"] == core.host_caches() and key["caches"]["l1d_kb"] > 0  # for likeness()
 
 
 def test_resumed_run_reuses_records(tuned):

@@ -74,3 +74,22 @@ def host_cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def host_caches() -> dict[str, int]:
+    """This machine's per-core data caches in KB, {"l1d_kb": 48, "l2_kb": 2048}, from Linux's
+    sysfs (empty where it does not say): what decides which of the rules' choices wins."""
+    from pathlib import Path
+
+    out: dict[str, int] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        name = {("1", "Data"): "l1d_kb", ("2", "Unified"): "l2_kb"}.get((level, kind))
+        if name and size.endswith("K") and size[:-1].isdigit():
+            out[name] = int(size[:-1])
+    return out

@@ -194,7 +194,8 @@ def tune(opts: TuneOptions, stream=None) -> TuneResult:
                        else f"RPC device {opts.key or opts.rpc} ({mcpu})")
     finish_compaction(directory)  # a previous run interrupted mid-compaction
     database = tt.open_database(directory)
-    write_key(directory, preset, tt.layout_of(target), threads, measured_on, device)
+    write_key(directory, preset, tt.layout_of(target), threads, measured_on, device,
+              caches=None if gpu or remote else core.host_caches())
     register_model(directory, graph_fingerprint(model, shape), name, shape, len(tasks))
     if opts.only:
         tasks = [t for t in tasks if t.name in opts.only]
