@@ -180,7 +180,7 @@ LAYERS = [
      "edgecompile.models", "edgecompile.targets", "edgecompile.records"},
     {"edgecompile.devices"},
     {"edgecompile.backend"},
-    {"edgecompile.tune.records", "edgecompile.tune.environ"},
+    {"edgecompile.tune.records", "edgecompile.tune.environ", "edgecompile.tune.likeness"},
     {"edgecompile.pipeline"},
     {"edgecompile.listing", "edgecompile.tune.run", "edgecompile.tune.in_context"},
     {"edgecompile.measure"},

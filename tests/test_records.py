@@ -18,6 +18,7 @@ from edgecompile.pipeline.build import build, final_graph
 from edgecompile.pipeline.spec import BuildOptions
 from edgecompile.targets import get_target
 from edgecompile.tune import records as tuning
+from edgecompile.tune.likeness import likeness, this_cpu, vendor
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -166,23 +167,24 @@ def test_the_isa_class_is_ordered_by_likeness_to_this_cpu(tmp_path, monkeypatch)
         return [d for d, _, _ in tuning.candidate_records(preset, tmp_path)[0]]
 
     xeon = {"vendor": "Intel", "caches": {"l1d_kb": 48, "l2_kb": 2048}}
-    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: xeon)
+    monkeypatch.setattr(tuning, "this_cpu", lambda _mcpu: xeon)
     assert order() == [intel_caches, intel, amd]
     epyc = {"vendor": "AMD", "caches": {"l1d_kb": 32, "l2_kb": 1024}}
-    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: epyc)
+    monkeypatch.setattr(tuning, "this_cpu", lambda _mcpu: epyc)
     assert order() == [amd, intel, intel_caches]
-    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: None)  # a cross build
+    monkeypatch.setattr(tuning, "this_cpu", lambda _mcpu: None)  # a cross build
     assert order() == [amd, intel, intel_caches]
     exact = _fake_db(tmp_path, tuning.records_dir(preset, tmp_path).name, preset, cpu="AMD")
-    monkeypatch.setattr(tuning, "_this_cpu", lambda _preset: epyc)
+    monkeypatch.setattr(tuning, "this_cpu", lambda _mcpu: epyc)
     assert order()[0] == exact
 
 
 def test_likeness_reads_the_vendor_from_the_cpu_description():
-    assert tuning.vendor("AMD EPYC 9B45") == "AMD" and tuning.vendor("Intel(R) Xeon(R)") == "Intel"
-    assert tuning.vendor("Raspberry Pi 4 Model B Rev 1.4") is None
-    assert tuning.likeness({"cpu": "Cortex-A72"}, {"vendor": None, "caches": {}}) == 0
-    assert tuning.likeness({"cpu": "AMD EPYC"}, None) == 0
+    assert vendor("AMD EPYC 9B45") == "AMD" and vendor("Intel(R) Xeon(R)") == "Intel"
+    assert vendor("Raspberry Pi 4 Model B Rev 1.4") is None
+    assert likeness({"cpu": "Cortex-A72"}, {"vendor": None, "caches": {}}) == 0
+    assert likeness({"cpu": "AMD EPYC"}, None) == 0
+    assert this_cpu(None) is None and this_cpu("not-this-cpu") is None  # a GPU, a cross build
 
 
 def test_a_record_is_used_only_where_it_beat_the_default():

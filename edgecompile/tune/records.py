@@ -8,17 +8,15 @@ class ``opencl-mali`` (every database of the preset is its "exact" kind: a build
 which board it is for). A build looks for them by workload (``build --records``):
 
 - ``exact``: this preset on this very CPU (the key's target equals the build's);
-- ``isa`` (default): else any database of the same ISA class (x86_64-avx512, x86_64-avx2,
-  aarch64-neon, ...). Our legalisation depends on the vector width alone, so every CPU of a
-  class has the very same kernels, and a schedule tuned on one is valid on all of them;
+- ``isa`` (default): else any database of the same ISA class (x86_64-avx512, ...), the likest
+  CPU's first (likeness.py): every CPU of a class has the very same kernels;
 - ``none``: the default schedules only.
 
 A record replaces the default schedule of its kernel only where it measured faster than that
 default, on the same device with the same threads (``defaults.json``, written by ``tune``).
 
-One database holds every model tuned for that target: tasks are keyed by their structure, so a
-layer shape shared by two models is tuned once. Every measured candidate is appended as it is
-measured; an interrupted run, started again, counts what each task already has and gives it
+One database holds every model tuned for that target (tasks keyed by their structure). Every
+candidate is appended as it is measured; an interrupted run, started again, gives each task
 only the rest of its budget.
 """
 
@@ -37,6 +35,7 @@ from edgecompile.backend import compiler, core
 from edgecompile.errors import UsageError
 from edgecompile.paths import write_atomic
 from edgecompile.targets import TargetPreset
+from edgecompile.tune.likeness import likeness, this_cpu
 
 KEY_FILE = "key.json"
 # Workload hash -> {"task", "default_ms", "record_ms", "default_schedule"}: the default schedule's
@@ -149,10 +148,7 @@ def write_key(directory: Path, preset: TargetPreset, layout: str, threads: int |
         "isa": isa_of(preset), "cpu": cpu_name, "layout": layout, "tuned_threads": threads,
         "tvm": core.version(),
     }
-    if device:
-        data["device"] = device
-    if caches:
-        data["caches"] = caches
+    data |= {k: v for k, v in (("device", device), ("caches", caches)) if v}
     old = read_key(directory)
     if old is not None and (old.get("target") != data["target"] or old.get("layout") != layout
                             or old.get("version") != KEY_VERSION):
@@ -191,9 +187,9 @@ def _usable(d: Path) -> tuple[dict[str, Any] | None, str]:
 
 def candidate_records(preset: TargetPreset, root: Path | None = None,
                       mode: str = "isa") -> tuple[list[tuple[Path, dict[str, Any], str]], str]:
-    """The databases a build may use, best first: this preset on this CPU, then (mode "isa")
-    the same preset on other CPUs of its ISA class, then other presets of that class. Also
-    why the first choice is not among them, when it is not."""
+    """The databases a build may use, best first: this preset on this CPU, then (mode "isa") the
+    same preset on other CPUs of its ISA class, the likest first, then other presets of that
+    class; and why the first choice is not among them, when it is not."""
     if mode not in RECORD_MODES:
         raise UsageError(f"--records must be one of {', '.join(RECORD_MODES)}, not '{mode}'")
     if mode == "none":
@@ -205,40 +201,13 @@ def candidate_records(preset: TargetPreset, root: Path | None = None,
     isa = isa_of(preset)
     others = []
     exact_dirs = {d for d, _, _ in found} | {records_dir(preset, root)}
-    here = _this_cpu(preset)
+    here = None if is_gpu(preset) else this_cpu(target_key(preset)["mcpu"])
     for d in sorted(p for p in base.glob("*/") if p not in exact_dirs) if base.is_dir() else []:
         k, _ = _usable(d)
         if k is not None and k.get("isa") == isa and k.get("target", {}).get("device") == preset.device:
             others.append((k.get("preset") != preset.name, -likeness(k, here), d.name, d, k))
     found += [(d, k, "isa") for *_, d, k in sorted(others, key=lambda o: o[:3])]
     return found, f"{why}, nor for any other {isa} CPU" if not found else "ok"
-
-
-def vendor(cpu: str) -> str | None:
-    """'AMD' or 'Intel' from a CPU's description (key.json's ``cpu``, the OS's model name)."""
-    return next((v for v in ("AMD", "Intel") if v.lower() in cpu.lower()), None)
-
-
-def _this_cpu(preset: TargetPreset) -> dict[str, Any] | None:
-    """This machine's vendor and caches where the build is for its own CPU; None for a GPU or
-    a cross build (nothing is known of that device but its target)."""
-    if is_gpu(preset) or target_key(preset)["mcpu"] != core.host_cpu():
-        return None
-    return {"vendor": vendor(core.host_cpu_model()), "caches": core.host_caches()}
-
-
-def likeness(key: dict[str, Any], here: dict[str, Any] | None) -> int:
-    """How alike the CPU a sibling's records were measured on is to this one, for the order of
-    the ISA class's databases: the same vendor's cores (2), the same L1D and L2 size per core
-    (1 each). Which of the rules' choices wins depends on them: MobileNet v1's 512->512 @14 in
-    K chunks ran 0.78-0.88x the default's time on a 48 KB-L1D Xeon, 1.06x on a 32 KB-L1D Zen 4.
-    Never a gate: every database of the class is valid here, and a record still applies only
-    where it beat the default schedule."""
-    if here is None:
-        return 0
-    score = 2 if here["vendor"] and vendor(key.get("cpu", "")) == here["vendor"] else 0
-    caches = key.get("caches") or {}
-    return score + sum(1 for c, kb in here["caches"].items() if caches.get(c) == kb)
 
 
 def _exact_records(preset: TargetPreset, base: Path) -> tuple[list[tuple[Path, dict[str, Any], str]], str]:
