@@ -59,6 +59,29 @@ def test_nothing_listening_fails_fast_in_one_line(x86_artifact, kind):
             verify(x86_artifact.path, device=spec)
 
 
+@pytest.mark.parametrize("command", ["bench", "eval"])
+def test_an_unreachable_device_fails_before_the_build(command, farm, tmp_path):
+    # Given a model name, bench and eval build it first: a device that cannot be reached must
+    # say so at once, not after a build of up to a minute, and leave no half-made output.
+    from edgecompile.measure.bench import BenchOptions, run_bench
+    from edgecompile.measure.evaluate import EvalOptions, run_eval
+
+    tracker, _ = farm
+    out = tmp_path / "build"
+
+    def run(device):
+        if command == "bench":
+            return run_bench("squeezenet1_1", "x86", device, BenchOptions(), output_dir=out, input_size=64)
+        return run_eval("squeezenet1_1", "x86", tmp_path / "images", device, EvalOptions(),
+                        output_dir=out, input_size=64)
+
+    with refused_address() as address, pytest.raises(EdgeCompileError, match="cannot reach RPC server"):
+        run(DeviceSpec(rpc=address))
+    with pytest.raises(EdgeCompileError, match="no device registered under key 'rpi4'.*keys there: x86"):
+        run(DeviceSpec(tracker=tracker.address, key="rpi4"))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"tracker": "127.0.0.1:9190"}, "needs --key"),
     ({"key": "x86"}, "goes with --tracker"),

@@ -32,15 +32,7 @@ def open_session(spec, on_lease=None):
             raise EdgeCompileError(
                 f"RPC server {spec.rpc} refused the session: {first_line(e)}"
             ) from None
-    check_reachable(spec.tracker, "tracker", spec.timeout_s)
-    keys = tracker.key_counts(spec.tracker, spec.timeout_s)
-    if spec.key not in keys:
-        # TVM's request() would wait forever for a device that never registers.
-        known = ", ".join(sorted(keys)) or "none"
-        raise EdgeCompileError(
-            f"no device registered under key '{spec.key}' at tracker {spec.tracker} "
-            f"(keys there: {known})"
-        )
+    _check_tracker(spec)
     try:
         return _within(spec.timeout_s, lambda: _lease(spec.tracker, spec.key, on_lease),
                        f"no device under key '{spec.key}' at tracker {spec.tracker} answered")
@@ -50,6 +42,28 @@ def open_session(spec, on_lease=None):
         raise EdgeCompileError(
             f"tracker {spec.tracker} gave no working device for key '{spec.key}': {first_line(e)}"
         ) from None
+
+
+def check_device(spec) -> None:
+    """Fail in one line before any long work (building the artifact first) where the device
+    cannot be reached: nothing listens at the RPC server or tracker, or the tracker has no
+    device under the key. A local spec needs nothing."""
+    if spec.rpc:
+        check_reachable(spec.rpc, "RPC server", spec.timeout_s)
+    elif spec.tracker:
+        _check_tracker(spec)
+
+
+def _check_tracker(spec) -> None:
+    check_reachable(spec.tracker, "tracker", spec.timeout_s)
+    keys = tracker.key_counts(spec.tracker, spec.timeout_s)
+    if spec.key not in keys:
+        # TVM's request() would wait forever for a device that never registers.
+        known = ", ".join(sorted(keys)) or "none"
+        raise EdgeCompileError(
+            f"no device registered under key '{spec.key}' at tracker {spec.tracker} "
+            f"(keys there: {known})"
+        )
 
 
 def _within(timeout_s: float, call, what: str):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile.backend import core
+from edgecompile.backend import core, rpc_client
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.measure.compare import compare_engines
 from edgecompile.measure.load import load_artifact_model
@@ -120,6 +120,7 @@ def run_bench(model_or_dir: str, target: str | None, device: DeviceSpec, opts: B
     timed on its device with progress on stderr; ``compare`` adds other engines timed here,
     interleaved; ``results`` appends the record to a JSON-lines file; ``trace`` writes the
     kernel profile as a Chrome trace (Perfetto, chrome://tracing)."""
+    rpc_client.check_device(device)  # before the build, not after it
     artifact = build_or_reuse(model_or_dir, target, output_dir, input_size)
     ticker = Ticker(f"bench {artifact.manifest['model']['name']} on {device.describe()}")
     record = bench_artifact(artifact, device, opts, progress=ticker.update)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgecompile.backend import rpc_client
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.measure.dataset import scan
 from edgecompile.measure.load import load_artifact_model
@@ -54,6 +55,7 @@ def run_eval(model_or_dir: str, target: str | None, data: Path, device: DeviceSp
              results: Path | None = None) -> dict[str, Any]:
     """`edgecompile eval`: the artifact (built first, or reused, when given a model name)
     evaluated on its device with progress on stderr; ``results`` appends the record."""
+    rpc_client.check_device(device)  # before the build, not after it
     artifact = build_or_reuse(model_or_dir, target, output_dir, input_size)
     ticker = Ticker(f"eval {artifact.manifest['model']['name']} on {device.describe()}")
     record = evaluate(artifact, data, device, opts, progress=lambda i, n, top1, s: ticker.update(
