@@ -91,8 +91,8 @@ def dense(cin, classes):
     return _model(nodes, [_w("w", (classes, cin)), _b("b", classes)], [1, cin, 7, 7])
 
 
-def maxpool(c, hw, pad=0, ceil=0):
-    return _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+def maxpool(c, hw, pad=0, ceil=0, k=3, stride=2):
+    return _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[stride] * 2,
                                     pads=[pad] * 4, ceil_mode=ceil)],
                   [], [1, c, hw, hw])
 
@@ -187,6 +187,11 @@ CASES = {
     "maxpool 3x3 s2 ceil 64 @111 (SqueezeNet's: the windows tile the input, ceil adds nothing)":
         maxpool(64, 111, ceil=1),
     "maxpool 3x3 s2 ceil 16 @56 (the ceil adds an output column and row)": maxpool(16, 56, ceil=1),
+    "maxpool 3x3 s2 ceil 32 @27 (rows then columns: 27 and 13 wide, a register and a piece)":
+        maxpool(32, 27, ceil=1),
+    "maxpool 2x2 s2 8 @9 (floor: the last input column unread)": maxpool(8, 9, k=2),
+    "maxpool 3x3 s1 4 @5 (stride 1, rows shorter than a register)": maxpool(4, 5, stride=1),
+    "maxpool 7x7 s1 16 @7 (one window: a 1x1 output)": maxpool(16, 7, k=7, stride=1),
     "channel shuffle 116 in 2 groups @14": shuffle(116, 2, 14),
     "global average pool 1000 @13 (SqueezeNet's head)": global_pool(1000, 13),
     "global average pool 58 @7 (58: two chains, no 8 divides it)": global_pool(58, 7),
@@ -242,19 +247,6 @@ def test_pixel_superblock_divides_the_tiles_and_keeps_its_input_near_l1(blocks, 
     per = _pixel_superblock(blocks, c_in, 64)
     assert per == want
     assert blocks % per == 0 and (per == 1 or per * c_in * 64 * 4 <= SUPERBLOCK_INPUT_BYTES)
-
-
-@pytest.mark.parametrize("hw, padded", [(111, False), (55, False), (56, True)])
-def test_ceil_mode_max_pool_pads_only_where_a_window_reads_the_pad(hw, padded):
-    """TOPI pads a ceil-mode pool's input by stride - 1 even where the windows tile the input
-    exactly (SqueezeNet's 111, 55, 27): those pools are legalised as floor-mode ones, with no
-    padded copy of the input (legalize._max_pool2d_without_idle_ceil)."""
-    target = compiler.make_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-    mod = compiler.import_onnx(maxpool(8, hw, ceil=1), "x", (1, 8, hw, hw))
-    with target:
-        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
-    scripts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert any("pad_temp" in s for s in scripts) == padded
 
 
 # (channels, map, stride, bands): the de-interleaved plane of 96 @112 s2 is 114 x 114 floats

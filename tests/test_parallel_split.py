@@ -56,11 +56,18 @@ def _first_core_share(model, shape) -> list[tuple[int, int]]:
             continue
         block_domain = {iv.var: analyzer.int_set(v, domain)
                         for iv, v in zip(s.block.iter_vars, s.iter_values, strict=True)}
+        store = s.block.body
         for w in s.block.writes:
-            if w.source.same_as(func.params[-1]):
-                ranges.append([(int(analyzer.int_set(r.min, block_domain).min_value),
-                                int(analyzer.int_set(r.min + r.extent - 1, block_domain).max_value))
-                               for r in w.region])
+            if not w.source.same_as(func.params[-1]):
+                continue
+            if isinstance(store, tvm.tirx.BufferStore) and store.buffer.same_as(w.source):
+                # The store's own indices: a block that loop_partition made declares the
+                # whole buffer as its write region.
+                bounds = [(i, i) for i in store.indices]
+            else:
+                bounds = [(r.min, r.min + r.extent - 1) for r in w.region]
+            ranges.append([(int(analyzer.int_set(lo, block_domain).min_value),
+                            int(analyzer.int_set(hi, block_domain).max_value)) for lo, hi in bounds])
     assert ranges
     return [(min(r[i][0] for r in ranges), max(r[i][1] for r in ranges)) for i in range(4)]
 

@@ -16,7 +16,13 @@ from typing import Any
 import tvm_ffi
 
 from edgecompile.backend.core import load_tvm
-from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX, CONV_TAG, DW_FLAT_TAG, PW_FVEC_TAG
+from edgecompile.backend.cpu_schedules.tags import (
+    CONCAT_PART_SUFFIX,
+    CONV_TAG,
+    DW_FLAT_TAG,
+    POOL_COLS_TAG,
+    PW_FVEC_TAG,
+)
 
 OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
               "data_movement", "elementwise")
@@ -113,6 +119,8 @@ def classify(func, name: str = "") -> str:
     reductions = [b for b in blocks if any(iv.iter_type == _REDUCE for iv in b.iter_vars)]
     if not reductions:
         words = [b.name_hint for b in blocks] + [name]
+        if any(w.startswith(POOL_COLS_TAG) for w in words):
+            return "pooling"  # a max pool as two passes of k-term maxima (separable_pool.py)
         return "data_movement" if any(_moves_with(w, _MOVES) for w in words) else "elementwise"
     anchor = max(reductions, key=_iterations)
     block_name = anchor.name_hint.lower()

@@ -28,6 +28,7 @@ from tvm.target import Target
 
 from .flat_depthwise import FlatPlan, flat_depthwise, flat_plan
 from .rules.common import split_vector, vector_pieces, window_vector
+from .separable_pool import separable_max_pool
 from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
 
@@ -39,25 +40,32 @@ MIN_ROW_UTIL = 0.8
 def make_legalize_map(target: Target) -> dict:
     """The ops whose TOPI legalisation we replace for CPU."""
     return {"relax.nn.conv2d": make_conv2d_legalizer(target), "relax.matmul": make_dense_legalizer(target),
-            "relax.erf": _fast_erf, "relax.nn.max_pool2d": _max_pool2d_without_idle_ceil}
+            "relax.erf": _fast_erf, "relax.nn.max_pool2d": _max_pool2d}
 
 
-def _max_pool2d_without_idle_ceil(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """A ceil-mode max pool whose windows tile the input exactly is a floor-mode one: TOPI still
-    pads its input by stride - 1 columns no window reads, and the odd padded width (111 -> 112)
-    cannot take the rules' vectorised de-interleaving copy; every pool of SqueezeNet (111, 55, 27)
-    is such a pool and ran a scalar, branching copy of its input."""
+def _max_pool2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A max pool with no padding, stride s and a k x k window: two passes over the rows
+    (separable_pool.py); other pools: TOPI's. A ceil-mode pool whose windows tile the input
+    exactly is a floor-mode one first: TOPI would still pad its input by stride - 1 columns no
+    window reads, and the odd padded width (111 -> 112) cannot take the rules' vectorised
+    de-interleaving copy (every pool of SqueezeNet, 111, 55 and 27, is such a pool)."""
     default = Op.get("relax.nn.max_pool2d").get_attr("FLegalize")
     a = call.attrs
     shape = getattr(call.args[0].ty, "shape", None)
-    if not a.ceil_mode or str(a.layout) != "NCHW" or shape is None or len(shape) != 4 \
+    if str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW" or shape is None or len(shape) != 4 \
             or not all(isinstance(d, tvm.tirx.IntImm) for d in (shape[2], shape[3])):
         return default(bb, call)
     k, st, dil, pad = ([int(v) for v in t] for t in (a.pool_size, a.strides, a.dilation, a.padding))
-    for axis in (0, 1):
-        span = int(shape[2 + axis]) + pad[axis] + pad[axis + 2] - dil[axis] * (k[axis] - 1) - 1
-        if span < 0 or span % st[axis]:
-            return default(bb, call)
+    exact = all((int(shape[2 + i]) + pad[i] + pad[i + 2] - dil[i] * (k[i] - 1) - 1) % st[i] == 0
+                for i in (0, 1))
+    if a.ceil_mode and not exact:
+        return default(bb, call)
+    if not any(pad) and dil == [1, 1] and str(call.args[0].ty.dtype) == "float32" \
+            and all(int(shape[2 + i]) >= k[i] for i in (0, 1)):
+        return bb.call_te(separable_max_pool, call.args[0], tuple(k), tuple(st),
+                          primfunc_name_hint="max_pool2d")
+    if not a.ceil_mode:
+        return default(bb, call)
     floor = relax.op.nn.max_pool2d(call.args[0], k, st, pad, dil, ceil_mode=False,
                                    count_include_pad=bool(a.count_include_pad), layout="NCHW",
                                    out_layout=str(a.out_layout))

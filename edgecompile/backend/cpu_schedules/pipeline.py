@@ -17,7 +17,7 @@ from tvm.target import Target
 from . import knobs
 from .concat_split import keep_parts_unfused, split_concat
 from .legalize import make_legalize_map
-from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec
+from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec, SeparablePool
 from .rules.common import SafeRule
 
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight's ApplyDefaultSchedule sets
@@ -26,7 +26,7 @@ SCHEDULED = "tirx.is_scheduled"  # the attribute dlight's ApplyDefaultSchedule s
 def schedule_rules() -> list:
     # Order matters: the first rule that recognises a kernel schedules it; Fallback takes the rest.
     return [SafeRule(PointwiseFVec()), SafeRule(DepthwiseFlat()), SafeRule(Conv2DNCHW()), SafeRule(Dense()),
-            SafeRule(Fallback())]
+            SafeRule(SeparablePool()), SafeRule(Fallback())]
 
 
 def fuse_passes(target: Target) -> list:

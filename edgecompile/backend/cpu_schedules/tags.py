@@ -7,3 +7,5 @@ CONV_TAG = "edge_conv"  # NCHW conv (regular / grouped / depthwise), vector alon
 # A partial convolution that stands for one piece of a removed concat (concat_split.py) is
 # its own kernel, named after its function with this suffix.
 CONCAT_PART_SUFFIX = "_part"
+POOL_ROWS_TAG = "edge_pool_rows"  # an unpadded max pool's max over window rows (separable_pool.py)
+POOL_COLS_TAG = "edge_pool_cols"  # and over the window's columns of that

@@ -4,5 +4,6 @@ from .dense import Dense
 from .depthwise_flat import DepthwiseFlat
 from .fallback import Fallback
 from .pointwise_fvec import PointwiseFVec
+from .pool_separable import SeparablePool
 
-__all__ = ["Conv2DNCHW", "Dense", "DepthwiseFlat", "Fallback", "PointwiseFVec"]
+__all__ = ["Conv2DNCHW", "Dense", "DepthwiseFlat", "Fallback", "PointwiseFVec", "SeparablePool"]
