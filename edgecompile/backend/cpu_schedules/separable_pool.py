@@ -1,9 +1,9 @@
 """An unpadded max pool as two passes over the rows, as a TE compute (legalize.py picks it,
 rules/pool_separable.py schedules it).
 
-A k x k window of stride s is a max over k rows, then over k columns of that: per output row,
-the k input rows are combined once, as contiguous vectors along the input row, and the
-stride-s columns are taken from that one row in L1. TOPI's single window reduction reads all
+A k x k window of stride s is a max over k rows, then over k columns of that: for each output
+row, its k input rows are combined once, as contiguous vectors along the input row, and the
+stride-s columns are taken from that row of maxima in L1. TOPI's single window reduction reads all
 k x k taps with stride-s vector loads: a contiguous load and a lane shuffle each
 (strided_loads.py), on 11-lane vectors for SqueezeNet's 55-wide rows (8 + 2 + 1 pieces), nine
 times per output vector. Only pools with no padding (SqueezeNet's ceil-mode pools are floor-mode
