@@ -6,10 +6,11 @@ tuning, parameterised by the target's vector width and core count (target_info.p
 a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
 
 - legalize.py: conv2d as our own TE computes (vector along the output row, or along output
-  channels with the weights re-blocked once at build time), erf as TOPI's fast_erf;
-- rules/: one dlight-style rule per kernel class (PointwiseFVec, Conv2DNCHW for regular /
-  grouped / depthwise / pooling windows, Dense, Fallback for everything else); a rule that
-  fails on a kernel declines (SafeRule) and the next one tries;
+  channels with the weights re-blocked once at build time), erf as TOPI's fast_erf, an
+  unpadded max pool as two passes over the rows (separable_pool.py);
+- rules/: one dlight-style rule per kernel class (PointwiseFVec, DepthwiseFlat, Conv2DNCHW for
+  regular / grouped / depthwise / pooling windows, Dense, SeparablePool, Fallback for everything
+  else); a rule that fails on a kernel declines (SafeRule) and the next one tries;
 - pipeline.py: TVM's CPU passes with the above, ``unscheduled_kernels`` for tests, and
   ``schedule_variants``: a kernel under each combination of the choices the rules' cost models
   ranked (knobs.py), which `tune --search rules` times;
