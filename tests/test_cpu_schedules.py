@@ -91,10 +91,12 @@ def dense(cin, classes):
     return _model(nodes, [_w("w", (classes, cin)), _b("b", classes)], [1, cin, 7, 7])
 
 
-def maxpool(c, hw, pad=0, ceil=0, k=3, stride=2):
-    return _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[stride] * 2,
-                                    pads=[pad] * 4, ceil_mode=ceil)],
-                  [], [1, c, hw, hw])
+def maxpool(c, hw, pad=0, ceil=0, k=3, stride=2, relu=False):
+    nodes = [helper.make_node("MaxPool", ["x"], ["p" if relu else "y"], kernel_shape=[k, k],
+                              strides=[stride] * 2, pads=[pad] * 4, ceil_mode=ceil)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["p"], ["y"]))
+    return _model(nodes, [], [1, c, hw, hw])
 
 
 def global_pool(c, hw):
@@ -192,6 +194,8 @@ CASES = {
     "maxpool 2x2 s2 8 @9 (floor: the last input column unread)": maxpool(8, 9, k=2),
     "maxpool 3x3 s1 4 @5 (stride 1, rows shorter than a register)": maxpool(4, 5, stride=1),
     "maxpool 7x7 s1 16 @7 (one window: a 1x1 output)": maxpool(16, 7, k=7, stride=1),
+    "maxpool 3x3 s2 16 @27 + relu (fused behind the pool: inlined into its columns pass)":
+        maxpool(16, 27, relu=True),
     "channel shuffle 116 in 2 groups @14": shuffle(116, 2, 14),
     "global average pool 1000 @13 (SqueezeNet's head)": global_pool(1000, 13),
     "global average pool 58 @7 (58: two chains, no 8 divides it)": global_pool(58, 7),

@@ -16,22 +16,19 @@ from ..tags import POOL_COLS_TAG, POOL_ROWS_TAG
 from ..target_info import CpuInfo
 from .common import CpuRule, int_extent, maybe_parallel
 from .conv import _core_band
+from .tails import whole_registers_then_rest
 
 # Bytes of row maxima a band may keep (on the stack, stack_buffers.py; in L1).
 ROWS_BUFFER_BYTES = 16 * 1024
 
 
 def _vectorize_row(sch: s_tir.Schedule, loop, lanes: int) -> None:
-    """Whole registers, then one shorter vector (111 = 6 x 16 + 15), not the divisor pieces
-    LLVM splits a 37- or 11-lane vector into."""
+    """Whole registers, then one shorter vector (tails.py)."""
     ext = int_extent(sch, loop)
     if ext is None or ext <= 1:
         return
     if ext > lanes and ext % lanes:
-        body, rest = sch.loop_partition(loop, factors=[ext - ext % lanes, None])
-        _, body = sch.split(body, factors=[None, lanes])
-        sch.vectorize(body)
-        sch.vectorize(rest)
+        whole_registers_then_rest(sch, loop, ext, lanes)
     elif ext > lanes:
         _, inner = sch.split(loop, factors=[None, lanes])
         sch.vectorize(inner)

@@ -19,10 +19,7 @@ def _vec_tail(sch: s_tir.Schedule, block, lanes: int, epilogue: bool = False) ->
         # A row no register width divides (56, 28, 49): whole registers, then one shorter vector
         # (56 = 3 x 16 + 8), not 14-wide vectors that LLVM splits into 8 + 4 + 2 pieces. The
         # depthwise epilogue of 192 @28 took longer than its window: 0.097 -> 0.042 ms.
-        body, rest = sch.loop_partition(inner, factors=[ext - ext % lanes, None])
-        _, body = sch.split(body, factors=[None, lanes])
-        sch.vectorize(body)
-        sch.vectorize(rest)
+        whole_registers_then_rest(sch, inner, ext, lanes)
         return
     if epilogue and 4 < ext < lanes and vector_pieces(ext) > 1 and _owns(sch, inner, block):
         # A row shorter than a register (7, 14): scalar stores, unrolled, of lanes extracted from
@@ -37,6 +34,15 @@ def _vec_tail(sch: s_tir.Schedule, block, lanes: int, epilogue: bool = False) ->
         _, inner = sch.split(inner, factors=[None, vl])
     if vl > 1:
         sch.vectorize(inner)
+
+
+def whole_registers_then_rest(sch: s_tir.Schedule, loop, ext: int, lanes: int) -> None:
+    """Vectorise ``loop`` (extent ``ext`` > ``lanes``, not a multiple) as whole registers, then
+    one shorter vector: 111 = 6 x 16 + 15, not the divisor pieces LLVM splits 37 lanes into."""
+    body, rest = sch.loop_partition(loop, factors=[ext - ext % lanes, None])
+    _, body = sch.split(body, factors=[None, lanes])
+    sch.vectorize(body)
+    sch.vectorize(rest)
 
 
 def _stored_width(sch: s_tir.Schedule, block) -> int:
