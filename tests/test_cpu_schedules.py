@@ -149,6 +149,10 @@ CASES = {
     "pointwise 32->32 @28 + relu6 + residual": conv(32, 32, 28, act="relu6", residual=True),
     "pointwise 16->96 @56 + relu6 (pixel super-blocks)": conv(16, 96, 56, act="relu6"),
     "pointwise 16->64 @23 + relu (short K, prime row: a guarded tile)": conv(16, 64, 23, act="relu"),
+    "pointwise 16->64 @55 + relu (expanding on 3025 positions: flat, rounded up to whole registers)":
+        conv(16, 64, 55, act="relu"),
+    "pointwise 24->96 @23 (529 positions: flat-rounded at every width, the crop the only epilogue)":
+        conv(24, 96, 23),
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),

@@ -6,8 +6,9 @@ tuning, parameterised by the target's vector width and core count (target_info.p
 a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
 
 - legalize.py: conv2d as our own TE computes (vector along the output row, or along output
-  channels with the weights re-blocked once at build time), erf as TOPI's fast_erf, an
-  unpadded max pool as two passes over the rows (separable_pool.py);
+  channels with the weights re-blocked once at build time; an expanding pointwise conv on a large
+  map no register width divides, along the flattened map rounded up to whole registers), erf as
+  TOPI's fast_erf, an unpadded max pool as two passes over the rows (separable_pool.py);
 - rules/: one dlight-style rule per kernel class (PointwiseFVec, DepthwiseFlat, Conv2DNCHW for
   regular / grouped / depthwise / pooling windows, Dense, SeparablePool, Fallback for everything
   else); a rule that fails on a kernel declines (SafeRule) and the next one tries;
@@ -15,7 +16,8 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
   ``schedule_variants``: a kernel under each combination of the choices the rules' cost models
   ranked (knobs.py), which `tune --search rules` times;
 - tir_pipeline.py: the TIR pipeline ``TIR_PIPELINE`` of every CPU compile (builds, tuning
-  candidates, kernels.so): TVM's, then strided_loads.py (a strided vector load as a contiguous
+  candidates, kernels.so): vector_tails.py (a loop guarded per lane vectorised wherever its last
+  lane passes), TVM's lowering, then strided_loads.py (a strided vector load as a contiguous
   load and a shuffle) and stack_buffers.py (scratch buffers as allocas, not workspace calls).
 """
 

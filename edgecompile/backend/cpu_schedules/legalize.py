@@ -29,7 +29,7 @@ from tvm.target import Target
 from .flat_depthwise import FlatPlan, flat_depthwise, flat_plan
 from .rules.common import split_vector, vector_pieces, window_vector
 from .separable_pool import separable_max_pool
-from .tags import CONV_TAG, DENSE_TAG, PW_FVEC_TAG
+from .tags import CONV_TAG, DENSE_TAG, FLAT_PAD_TAG, PW_FVEC_TAG
 from .target_info import cpu_info
 
 # A row vector that fills less than this share of the SIMD lanes is computed on a rounded-up row
@@ -207,6 +207,8 @@ def make_conv2d_legalizer(target: Target):
         # Row vector utilisation: along the flat map for a pointwise stride-1 conv, else the row.
         pointwise = (cv.kh, cv.kw, cv.sh, cv.sw, cv.pt, cv.pl, cv.pb, cv.pr) == (1, 1, 1, 1, 0, 0, 0, 0)
         row = cv.h_out * cv.w_out if pointwise else cv.w_out
+        if pointwise and _flat_rounds(row, cv.c, cv.f, lanes, cv.groups):
+            return _flat_rounded_pointwise(bb, cv, wnp, lanes)
         if pointwise:
             vl = split_vector(row, lanes, 4)[1]
             row_util = vl / lanes if row >= lanes else row / lanes
@@ -295,6 +297,57 @@ def _run_width(w_out: int, lanes: int) -> int:
     while p < w_out:
         p *= 2
     return p
+
+
+# Positions from which a pointwise conv on a map no register width divides runs the row kernel
+# on the flattened map rounded up to whole registers (SqueezeNet's 55 x 55 = 3025 as 3040 and
+# 27 x 27 = 729 as 736; not 13 x 13).
+FLAT_ROUND_MIN_POSITIONS = 512
+
+
+def _flat_rounds(positions: int, c_in: int, c_out: int, lanes: int, groups: int) -> bool:
+    """Flat-round an expanding pointwise conv (c_out >= 2 c_in) on a large map no register
+    width divides. Its alternatives: channel vectors, which store every tile back to the NCHW
+    planes a few positions per channel (a cost per output, as large as the FMAs at K = 16-32),
+    or the flat row kernel on a divisor of the map (3025 = 275 x 11, LLVM's 8 + 2 + 1 pieces).
+    Rounded up, the input is copied flat first: a cost per input, which a projection (64 -> 16)
+    does not earn back. Inside SqueezeNet 1.1's inference, two builds interleaved, per kernel
+    (one thread / two): 16 -> 64 @55 0.128 -> 0.075 / 0.085 -> 0.079 ms, 32 -> 128 @27 0.072 ->
+    0.054 ms; 64 -> 16 @55 0.097 -> 0.117 (not taken); 64 -> 256 @13 0.039 -> 0.050 at two
+    threads (169 positions: not taken)."""
+    return (groups == 1 and positions % lanes != 0 and c_out >= 2 * c_in
+            and positions >= FLAT_ROUND_MIN_POSITIONS)
+
+
+def _flat_rounded_pointwise(bb: relax.BlockBuilder, cv: _Conv, wnp: np.ndarray, lanes: int) -> relax.Expr:
+    """A pointwise conv as one row of the flattened map rounded up to whole registers: the input
+    copied flat with zeros after the map's end (rules/flat_rounded.py), the output stored back to
+    [n, f, h, w] from the tiles (rules/conv.py; the last tile's guard: vector_tails.py)."""
+    positions = cv.h * cv.w
+    run = -(-positions // lanes) * lanes
+    wconst = relax.const(wnp, cv.dtype)
+
+    def compute(data, weight):
+        zero = tvm.tirx.const(0, cv.dtype)
+        flat = te.compute(
+            (cv.n, cv.c, 1, run),
+            lambda nn, cc, _, q: tvm.tirx.if_then_else(
+                q < positions, data[nn, cc, q // cv.w, q % cv.w], zero),
+            name=FLAT_PAD_TAG,
+        )
+        rc = te.reduce_axis((0, cv.c), name="rc")
+        ry = te.reduce_axis((0, 1), name="ry")
+        rx = te.reduce_axis((0, 1), name="rx")
+        out = te.compute(
+            (cv.n, cv.f, 1, run),
+            lambda nn, ff, yy, xx: te.sum(flat[nn, rc, yy + ry, xx + rx] * weight[ff, rc, ry, rx],
+                                          axis=[rc, ry, rx]),
+            name=CONV_TAG,
+        )
+        return te.compute((cv.n, cv.f, cv.h, cv.w), lambda nn, ff, y, x: out[nn, ff, 0, y * cv.w + x],
+                          name="edge_crop")
+
+    return bb.call_te(compute, cv.x, wconst, primfunc_name_hint="conv2d_flat")
 
 
 def _splits_narrow(w_out: int, lanes: int) -> bool:

@@ -4,6 +4,9 @@ DENSE_TAG = "edge_dense"  # matmul with constant weights, re-blocked [J/T, K, T]
 DW_FLAT_TAG = "edge_dw_flat"  # stride-1 depthwise conv along the flattened map (legalize.py)
 PLANE_MAP_ATTR = "edge_plane_map"  # [start, end) of the map in a flat depthwise plane (its margins)
 CONV_TAG = "edge_conv"  # NCHW conv (regular / grouped / depthwise), vector along the row
+FLAT_PAD_TAG = "edge_flat_pad"  # a pointwise conv's input, flattened and rounded up (legalize.py)
+# A block annotation: vector_tails.py gives this block's lane-guarded vector loop a whole-vector path.
+VECTOR_TAIL_ATTR = "edge_vector_tail"
 # A partial convolution that stands for one piece of a removed concat (concat_split.py) is
 # its own kernel, named after its function with this suffix.
 CONCAT_PART_SUFFIX = "_part"

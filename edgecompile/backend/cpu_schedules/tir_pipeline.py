@@ -1,5 +1,6 @@
-"""The TIR pipeline of every CPU compile (builds, tuning candidates, kernels.so): TVM's lowering,
-then our two passes, then TVM's host and device passes.
+"""The TIR pipeline of every CPU compile (builds, tuning candidates, kernels.so): our pass on the
+scheduled TIR (vector_tails.py), TVM's lowering, our two passes on the lowered TIR
+(strided_loads.py, stack_buffers.py), then TVM's host and device passes.
 
     tvm.compile(mod, target, relax_pipeline=..., tir_pipeline=PIPELINE)
 """
@@ -9,6 +10,7 @@ import tvm
 
 from .stack_buffers import stack_buffers
 from .strided_loads import strided_loads_to_shuffles
+from .vector_tails import vector_tails
 
 PIPELINE = "edgecompile-cpu"
 
@@ -17,7 +19,7 @@ def _pipeline_factory():
     from tvm.s_tir.pipeline import default_s_tir_pipeline
 
     lower, finalize_host, finalize_device = default_s_tir_pipeline()
-    ours = tvm.transform.Sequential([lower, strided_loads_to_shuffles, stack_buffers])
+    ours = tvm.transform.Sequential([vector_tails, lower, strided_loads_to_shuffles, stack_buffers])
     return ours, finalize_host, finalize_device
 
 

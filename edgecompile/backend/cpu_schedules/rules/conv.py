@@ -26,6 +26,7 @@ from tvm import s_tir, tirx
 from tvm.sym import detect_linear_equation
 
 from .. import knobs
+from ..tags import FLAT_PAD_TAG, VECTOR_TAIL_ATTR
 from ..target_info import CpuInfo
 from .common import (
     MIN_PARALLEL_WORK,
@@ -40,6 +41,7 @@ from .common import (
     type_is,
     window_vector,
 )
+from .flat_rounded import schedule_flat_pad
 from .tails import _stored_width, _vec_tail
 
 
@@ -120,9 +122,12 @@ class Conv2DNCHW(CpuRule):
 
         idx = blocks.index(conv)
         pro, epi = blocks[:idx], blocks[idx + 1 :]
-        pad = None
+        pad = flat_pad = None
         for b in pro:
             writes_data = sch.get(b).writes[0].source.same_as(data.source)
+            if writes_data and sch.get(b).name_hint == FLAT_PAD_TAG:
+                flat_pad = b  # a flat-rounded pointwise conv (flat_rounded.py)
+                continue
             # A strided conv keeps even a zero-padding copy: it becomes the deinterleaving stage.
             if writes_data and (not is_plain_copy(sch, b) or stride_w > 1):
                 pad = b
@@ -148,6 +153,12 @@ class Conv2DNCHW(CpuRule):
             and in_shape[2] == h_out
             and in_shape[3] == w_out
         )
+        if flat_pad is not None:
+            if not flat:
+                return None
+            schedule_flat_pad(sch, flat_pad, info.lanes, info.cores)
+            if last is not None:  # its crop: guarded per lane in the last tile only (vector_tails.py)
+                sch.annotate(last, VECTOR_TAIL_ATTR, 1)
         if last is None:
             last = sch.cache_write(conv, 0, "local")
         else:
@@ -158,7 +169,9 @@ class Conv2DNCHW(CpuRule):
             hw = h_out * w_out
             # Make the output tile a rectangle: flatten (y, x) of the accumulator and of the epilogue.
             sch.transform_layout(conv, ("write", 0), lambda n, f, y, x: (n, f, y * w_out + x))
-            sch.transform_block_layout(last, lambda n, f, y, x: (n, f, y * w_out + x))
+            # The epilogue's own rows: a flat-rounded conv's crop stores 55 x 55 of the 3040 computed.
+            w_last = int(sch.get(last).iter_vars[3].dom.extent)
+            sch.transform_block_layout(last, lambda n, f, y, x: (n, f, y * w_last + x))
             sch.transform_block_layout(
                 conv, lambda n, f, y, x, rc, ry, rx: (n, f, y * w_out + x, rc, ry, rx)
             )
