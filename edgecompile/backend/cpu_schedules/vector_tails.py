@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.sym import detect_linear_equation
 
+from .rules.common import linear_coef
 from .tags import VECTOR_TAIL_ATTR
 
 
@@ -26,8 +26,8 @@ def _tightens_with(cond, var) -> bool:
     if isinstance(cond, tirx.And):
         return _tightens_with(cond.a, var) and _tightens_with(cond.b, var)
     if isinstance(cond, (tirx.LT, tirx.LE)):
-        coef = detect_linear_equation(cond.a - cond.b, [var])
-        return len(coef) == 2 and isinstance(coef[0], tirx.IntImm) and int(coef[0]) >= 0
+        coef = linear_coef(cond.a - cond.b, var)
+        return coef is not None and coef >= 0
     return False
 
 

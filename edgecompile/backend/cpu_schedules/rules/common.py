@@ -5,6 +5,7 @@ import logging
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..target_info import CpuInfo, cpu_info
@@ -31,6 +32,22 @@ def type_is(obj, name: str) -> bool:
     """Check a TVM node's type by name: TVM 0.27 exposes some node classes only as factory functions
     (tirx.BufferLoad) and moved others between modules (IntImm), so isinstance is brittle."""
     return type(obj).__name__ == name
+
+
+def linear_coef(expr, var) -> int | None:
+    """The constant c of ``expr`` = c * var + (terms free of var), else None."""
+    res = detect_linear_equation(expr, [var])
+    if len(res) != 2 or not type_is(res[0], "IntImm"):
+        return None
+    return int(res[0])
+
+
+def written_elements(sch: s_tir.Schedule, block) -> int:
+    """Elements of the buffer ``block`` writes (a pad stage's copy: its parallel grain)."""
+    n = 1
+    for d in sch.get(block).writes[0].source.shape:
+        n *= int(d)
+    return n
 
 
 def int_extent(sch: s_tir.Schedule, loop) -> int | None:

@@ -35,21 +35,16 @@ from .common import (
     is_plain_copy,
     is_reduction,
     largest_divisor,
+    linear_coef,
     maybe_parallel,
     sole_reduction,
     split_vector,
     type_is,
     window_vector,
+    written_elements,
 )
 from .flat_rounded import schedule_flat_pad
 from .tails import _stored_width, _vec_tail
-
-
-def _coef(expr, var) -> int | None:
-    res = detect_linear_equation(expr, [var])
-    if len(res) != 2 or not type_is(res[0], "IntImm"):
-        return None
-    return int(res[0])
 
 
 def _row_tile(row: int, channels: int, info: CpuInfo) -> tuple[int, int, int]:
@@ -106,12 +101,12 @@ class Conv2DNCHW(CpuRule):
             return None
         yv, xv = spatial[2].var, spatial[3].var
         # The data read is the one indexed by the output row; its producer may be a pad block.
-        data_reads = [r for r in cstmt.reads if len(r.region) == 4 and _coef(r.region[2].min, yv)]
+        data_reads = [r for r in cstmt.reads if len(r.region) == 4 and linear_coef(r.region[2].min, yv)]
         if len(data_reads) != 1:
             return None
         data = data_reads[0]
-        stride_h = _coef(data.region[2].min, yv)
-        stride_w = _coef(data.region[3].min, xv)
+        stride_h = linear_coef(data.region[2].min, yv)
+        stride_w = linear_coef(data.region[3].min, xv)
         weight_reads = [r for r in cstmt.reads if r.source != data.source and len(r.region) == 4]
         n_ext, f_ext, h_out, w_out = (int(iv.dom.extent) for iv in spatial)
         red_ext = [int(iv.dom.extent) for iv in reduce]
@@ -157,8 +152,8 @@ class Conv2DNCHW(CpuRule):
             if not flat:
                 return None
             schedule_flat_pad(sch, flat_pad, info.lanes, info.cores)
-            if last is not None:  # its crop: guarded per lane in the last tile only (vector_tails.py)
-                sch.annotate(last, VECTOR_TAIL_ATTR, 1)
+            # Its crop (always its last epilogue block): guarded per lane in the last tile only.
+            sch.annotate(last, VECTOR_TAIL_ATTR, 1)
         if last is None:
             last = sch.cache_write(conv, 0, "local")
         else:
@@ -489,9 +484,6 @@ def _schedule_pad_stage(sch: s_tir.Schedule, pad, lanes: int, stride: int, cores
         fused = sch.fuse(loops[0], loops[1], band)
     else:
         fused = sch.fuse(*loops[:2])  # (n, c): one padded plane per parallel iteration
-    elems = 1
-    for s_ in sch.get(pad).writes[0].source.shape:
-        elems *= int(s_)
-    maybe_parallel(sch, fused, elems, cores)
+    maybe_parallel(sch, fused, written_elements(sch, pad), cores)
     if not _vector_deinterleave(sch, pad, stride, lanes, may_partition=True):
         _split_pad(sch, pad, lanes, 1)

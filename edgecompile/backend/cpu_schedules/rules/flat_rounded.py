@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .common import int_extent, maybe_parallel
+from .common import int_extent, maybe_parallel, written_elements
 
 
 def schedule_flat_pad(sch: s_tir.Schedule, pad, lanes: int, cores: int) -> None:
@@ -17,10 +17,7 @@ def schedule_flat_pad(sch: s_tir.Schedule, pad, lanes: int, cores: int) -> None:
     holds the zeros (its guard is then the only one)."""
     n, c, _, q = sch.get_loops(pad)
     fused = sch.fuse(n, c)
-    elems = 1
-    for d in sch.get(pad).writes[0].source.shape:
-        elems *= int(d)
-    maybe_parallel(sch, fused, elems, cores)
+    maybe_parallel(sch, fused, written_elements(sch, pad), cores)
     ext = int_extent(sch, q)
     body, _ = sch.loop_partition(q, factors=[ext - lanes, None])
     _, body = sch.split(body, factors=[None, lanes])
