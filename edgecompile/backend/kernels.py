@@ -23,6 +23,7 @@ from edgecompile.backend.cpu_schedules.tags import (
     POOL_COLS_TAG,
     PW_FVEC_TAG,
 )
+from edgecompile.backend.tir_exprs import uses_var
 
 OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
               "data_movement", "elementwise")
@@ -158,8 +159,8 @@ def _conv_class(block) -> str:
         idx = [analyzer.simplify(i) for i in load.indices]
         # The input read: indexed by the output row. Its channel index depends on the output
         # channel only when the convolution is grouped (depthwise: one input channel each).
-        if len(idx) == 4 and _uses(idx[2], row):
-            grouped = grouped or _uses(idx[1], channel)
+        if len(idx) == 4 and uses_var(idx[2], row):
+            grouped = grouped or uses_var(idx[1], channel)
     if grouped:
         return "depthwise" if per_group == 1 else "grouped"
     return "pointwise" if taps == 1 else "conv"
@@ -170,14 +171,6 @@ def _loads(stmt) -> list[Any]:
     found: list[Any] = []
     tvm_ffi.structural_walk(stmt, (tvm.ir.expr.TensorLoad, found.append), order="post")
     return found
-
-
-def _uses(expr, var) -> bool:
-    tvm = load_tvm()
-    hit: list[Any] = []
-    tvm_ffi.structural_walk(expr, (tvm.tirx.Var, lambda v: hit.append(v) if v.same_as(var) else None),
-                            order="post")
-    return bool(hit)
 
 
 def _iterations(block) -> int:

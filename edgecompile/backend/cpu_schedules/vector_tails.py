@@ -17,6 +17,7 @@ from __future__ import annotations
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from ..tir_exprs import uses_var
 from .rules.common import linear_coef
 from .tags import VECTOR_TAIL_ATTR
 
@@ -35,10 +36,6 @@ def _substitute(expr, var, value):
     return tvm_ffi.structural_map(expr, [(type(var), lambda v: value if v.same_as(var) else v)])
 
 
-def _uses(expr, var) -> bool:
-    return not tvm_ffi.structural_equal(expr, _substitute(expr, var, tirx.Var(var.name, var.ty)))
-
-
 def _split_guarded(loop):
     if loop.kind != tirx.ForKind.VECTORIZED or not isinstance(loop.body, s_tir.SBlockRealize):
         return loop
@@ -46,7 +43,7 @@ def _split_guarded(loop):
     if VECTOR_TAIL_ATTR not in (realize.block.annotations or {}):
         return loop
     pred, var = realize.predicate, loop.loop_var
-    if isinstance(pred, tirx.IntImm) or not _uses(pred, var) or not _tightens_with(pred, var):
+    if isinstance(pred, tirx.IntImm) or not uses_var(pred, var) or not _tightens_with(pred, var):
         return loop
     last_lane = _substitute(pred, var, loop.min + loop.extent - 1)
     whole = tirx.For(var, loop.min, loop.extent, tirx.ForKind.VECTORIZED,
