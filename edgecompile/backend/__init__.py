@@ -13,4 +13,6 @@ place (tests/test_architecture.py enforces it).
 - metaschedule.py: MetaSchedule tasks, the tuning loop, records applied to a module;
 - ms_measure.py: how candidates are built here and timed here or on a device over RPC;
 - opencl.py: our OpenCL plug-in loaded into this process's TVM; a remote device's OpenCL GPU.
+- kernels.py: the kernel table (class, FLOPs, bytes of each fused kernel);
+- tir_exprs.py: questions about TIR expressions that kernels.py and cpu_schedules both ask.
 """
