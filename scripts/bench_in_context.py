@@ -15,6 +15,9 @@ left unpaired on each side (shapes that differ: SqueezeNet's convolutions on a c
 channels ONNX Runtime pads to its block, 24 -> 32; ONNX Runtime's reorders), the totals per TVM
 operator class, and the sums. Both sums are kernel time only: the TVM VM's own work (argument
 checks, allocations) is counted apart, and ONNX Runtime's executor is not in its node times.
+ONNX Runtime's profiler adds its own cost to every node: on a Zen 4, one thread, SqueezeNet 1.1's
+node sum was 7.79 ms against 7.36-7.44 ms for its uninstrumented whole run (bench_vs_ort.py), so
+the sums flatter TVM by ~5%; the model's real ratio is bench_vs_ort.py's.
 """
 
 from __future__ import annotations
