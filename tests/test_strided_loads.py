@@ -80,6 +80,47 @@ def test_strided_load_becomes_a_shuffle_with_the_same_values(offset):
     np.testing.assert_array_equal(b.numpy(), want)
 
 
+def _strided(lanes: int, stride: int, offset: int):
+    @T.prim_func(s_tir=True)
+    def strided(a: T.Buffer((128,), "float32"), b: T.Buffer((stride, lanes), "float32")):
+        for p, j in T.grid(stride, lanes):
+            with T.sblock("copy"):
+                vp, vj = T.axis.remap("SS", [p, j])
+                b[vp, vj] = a[vj * stride + vp + offset]
+
+    sch = tvm.s_tir.Schedule(strided)
+    sch.vectorize(sch.get_loops(sch.get_sblock("copy"))[-1])
+    return sch.mod
+
+
+@pytest.mark.parametrize("lanes, stride", [(16, 2), (7, 2), (11, 2), (8, 3), (5, 4), (2, 2)])
+def test_any_lane_count_and_stride_keeps_the_values_and_reads_only_the_span(lanes, stride):
+    """Odd lane counts (a row's rest: 7 of 55) and strides up to 4, as whole-register loads whose
+    last one overlaps the one before. The span ends at the buffer's last element, so a load
+    past it would read outside the buffer (not checked by the run; the region is)."""
+    offset = 128 - stride * (lanes - 1) - stride  # phase stride-1 reads element 127
+    mod = _strided(lanes, stride, offset)
+    lowered = _lowered(mod, TIR_PIPELINE)
+    assert _loads(lowered) == (0, 1)
+    spans = []
+
+    def on_load(load):
+        idx = load.indices[-1]
+        if isinstance(idx, Ramp):
+            spans.append(int(idx.lanes))
+
+    for func in lowered.functions.values():
+        tvm_ffi.structural_walk(func, [(TensorLoad, on_load)])
+    assert spans and all(n & (n - 1) == 0 and n <= stride * (lanes - 1) + 1 for n in spans)
+
+    lib = tvm.compile(mod, target=compiler.make_target(TARGET), tir_pipeline=TIR_PIPELINE)
+    a = np.arange(128, dtype=np.float32)
+    b = tvm.runtime.tensor(np.zeros((stride, lanes), np.float32))
+    lib(tvm.runtime.tensor(a), b)
+    want = np.stack([a[offset + p:offset + p + stride * lanes:stride] for p in range(stride)])
+    np.testing.assert_array_equal(b.numpy(), want)
+
+
 @pytest.mark.parametrize("mcpu", ["x86-64", "haswell", "skylake-avx512"])  # 4, 8, 16 lanes
 @pytest.mark.parametrize("width, vector_copy", [(56, True), (112, True), (15, False)])
 def test_stride2_depthwise_copies_its_plane_with_shuffles(width, vector_copy, mcpu):
