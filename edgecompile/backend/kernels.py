@@ -23,7 +23,7 @@ from edgecompile.backend.cpu_schedules.tags import (
     POOL_COLS_TAG,
     PW_FVEC_TAG,
 )
-from edgecompile.backend.tir_exprs import uses_var
+from edgecompile.backend.tir_exprs import buffer_bytes, uses_var
 
 OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
               "data_movement", "elementwise")
@@ -74,7 +74,7 @@ def kernel_table(mod) -> dict[str, Any]:
             op_class = "pconv"
         kernels.append({
             "name": name, "calls": sequence.count(name), "op_class": op_class,
-            "flops": _flops(func), "bytes": sum(_nbytes(b) for b in func.params),
+            "flops": _flops(func), "bytes": sum(buffer_bytes(b) or 0 for b in func.params),
             "args": [{"shape": [int(s) for s in b.shape], "dtype": str(b.dtype)} for b in func.params],
         })
     return {"kernels": kernels, "sequence": sequence}
@@ -188,8 +188,3 @@ def _flops(func) -> float:
         return 0.0
 
 
-def _nbytes(buf) -> int:
-    n = 1
-    for s in buf.shape:
-        n *= int(s)
-    return n * ((buf.dtype.bits * buf.dtype.lanes + 7) // 8)

@@ -20,23 +20,13 @@ lower the rest.
 """
 from __future__ import annotations
 
-import tvm
 import tvm_ffi
 from tvm import tirx
 
+from ..tir_exprs import buffer_bytes
+
 MAX_STACK_BYTES = 32 * 1024
 DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # tirx::transform::kDisableLowerTVMBuiltin
-
-
-def buffer_bytes(buf) -> int | None:
-    """Bytes of a buffer of constant shape, else None."""
-    dtype = tvm.DataType(str(buf.dtype))
-    n = dtype.bits * dtype.lanes // 8
-    for d in buf.shape:
-        if type(d).__name__ != "IntImm":
-            return None
-        n *= int(d)
-    return n
 
 
 def _on_stack(alloc):
