@@ -11,10 +11,11 @@ them (calls x difference), then the totals.
 Read with care: ONNX Runtime's layer alone pays its NCHW <-> NCHWc reorders, which inside a
 whole model it pays once, so these ratios flatter TVM, by up to 2x on large-map depthwise layers;
 bench_in_context.py compares each engine's kernels inside whole inferences, and the model's own
-ratio is bench_vs_ort.py's. Use one thread: with two, a single layer runs in 30-700 us, and whichever
-engine ran just before still holds the second core (ONNX Runtime's workers spin after a run),
-so TVM's 512->512 @14 timed 0.73 ms beside ONNX Runtime against 0.35 ms alone (whole models,
-which run for milliseconds, are not affected measurably: 6.0 vs 6.1 ms for mobilenet_v1_100).
+ratio is bench_vs_ort.py's. Each engine's round starts after a pause and an untimed call, as in
+bench_vs_ort.py (compare.SETTLE_S): whichever engine ran just before holds the cores while its
+workers spin, and without the pause SqueezeNet's 111 -> 55 max pool timed 2.8-3.9 ms at two
+threads beside ONNX Runtime against 0.12 ms at one. A single layer at two threads is still
+mostly fork-join and cache effects; one thread says more about the kernel.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from edgecompile.backend import runtime
+from edgecompile.measure.compare import SETTLE_S
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.artifact import Artifact
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -86,6 +88,9 @@ def _time(fns: dict, rounds: int, runs: int = 15) -> dict[str, float]:
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for k, f in fns.items():
+            # The other engine's workers spin for a while after its run: let them sleep first.
+            time.sleep(SETTLE_S)
+            f()
             ts = []
             for _ in range(runs):
                 t = time.perf_counter()
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifact", type=Path)
     p.add_argument("--threads", type=int, default=1,
-                   help="1 unless you know why (see above: more than one distorts the layer times)")
+                   help="default 1: a layer alone at two threads is mostly fork-join and cache effects")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", action="store_true", help="one JSON line per layer instead of a table")
     args = p.parse_args(argv)
