@@ -16,6 +16,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 from tvm.ir.prim.expr import Ramp, Shuffle
 from tvm.script import tirx as T
+from tvm.sym import Analyzer
 
 from edgecompile.backend import compiler
 from edgecompile.backend.cpu_schedules import TIR_PIPELINE
@@ -96,22 +97,29 @@ def _strided(lanes: int, stride: int, offset: int):
 @pytest.mark.parametrize("lanes, stride", [(16, 2), (7, 2), (11, 2), (8, 3), (5, 4), (2, 2)])
 def test_any_lane_count_and_stride_keeps_the_values_and_reads_only_the_span(lanes, stride):
     """Odd lane counts (a row's rest: 7 of 55) and strides up to 4, as whole-register loads whose
-    last one overlaps the one before. The span ends at the buffer's last element, so a load
-    past it would read outside the buffer (not checked by the run; the region is)."""
+    last one overlaps the one before. The last phase's span ends at the buffer's last element:
+    a load past its span would read outside the buffer, which a run need not show, so every
+    load's elements are checked against its phase's span [offset + p, offset + p + s(lanes-1)]."""
     offset = 128 - stride * (lanes - 1) - stride  # phase stride-1 reads element 127
     mod = _strided(lanes, stride, offset)
     lowered = _lowered(mod, TIR_PIPELINE)
     assert _loads(lowered) == (0, 1)
-    spans = []
-
-    def on_load(load):
-        idx = load.indices[-1]
-        if isinstance(idx, Ramp):
-            spans.append(int(idx.lanes))
-
+    ramps = []
     for func in lowered.functions.values():
-        tvm_ffi.structural_walk(func, [(TensorLoad, on_load)])
-    assert spans and all(n & (n - 1) == 0 and n <= stride * (lanes - 1) + 1 for n in spans)
+        tvm_ffi.structural_walk(func, [(TensorLoad, lambda ld: ramps.append(ld.indices[-1])
+                                        if isinstance(ld.indices[-1], Ramp) else None)])
+    assert ramps
+    for ramp in ramps:
+        n = int(ramp.lanes)
+        assert n & (n - 1) == 0  # whole registers, never LLVM's odd-width pieces
+        phase_vars = []
+        tvm_ffi.structural_walk(ramp.base, [(tvm.tirx.Var, phase_vars.append)])
+        for p in range(stride):
+            analyzer = Analyzer()
+            for v in phase_vars:
+                analyzer.bind(v, p)
+            first = int(analyzer.simplify(ramp.base))
+            assert offset + p <= first and first + n - 1 <= offset + p + stride * (lanes - 1)
 
     lib = tvm.compile(mod, target=compiler.make_target(TARGET), tir_pipeline=TIR_PIPELINE)
     a = np.arange(128, dtype=np.float32)

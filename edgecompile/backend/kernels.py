@@ -186,5 +186,3 @@ def _flops(func) -> float:
         return float(tvm.s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func})))
     except Exception:  # noqa: BLE001 -- an estimate; data movement has none
         return 0.0
-
-
