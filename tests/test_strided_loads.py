@@ -27,15 +27,16 @@ pytestmark = pytest.mark.tvm
 TARGET = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
 
 
-def _every_other(offset: int):
+def _strided(lanes: int, stride: int, offset: int):
+    """b[p, j] = a[stride * j + p + offset], vectorised along j: a stride-s ramp per phase p."""
     @T.prim_func(s_tir=True)
-    def every_other(a: T.Buffer((64,), "float32"), b: T.Buffer((2, 16), "float32")):
-        for p, j in T.grid(2, 16):
+    def strided(a: T.Buffer((128,), "float32"), b: T.Buffer((stride, lanes), "float32")):
+        for p, j in T.grid(stride, lanes):
             with T.sblock("copy"):
                 vp, vj = T.axis.remap("SS", [p, j])
-                b[vp, vj] = a[vj * 2 + vp + offset]
+                b[vp, vj] = a[vj * stride + vp + offset]
 
-    sch = tvm.s_tir.Schedule(every_other)
+    sch = tvm.s_tir.Schedule(strided)
     sch.vectorize(sch.get_loops(sch.get_sblock("copy"))[-1])
     return sch.mod
 
@@ -68,30 +69,17 @@ def _loads(mod) -> tuple[int, int]:
 
 @pytest.mark.parametrize("offset", [0, 1, 31])
 def test_strided_load_becomes_a_shuffle_with_the_same_values(offset):
-    mod = _every_other(offset)
+    mod = _strided(16, 2, offset)
     assert _loads(_lowered(mod, "default"))[0] >= 1  # the control: TVM keeps the stride-2 load
     strided, shuffles = _loads(_lowered(mod, TIR_PIPELINE))
     assert strided == 0 and shuffles == 1  # in the loop over phase rows
 
     lib = tvm.compile(mod, target=compiler.make_target(TARGET), tir_pipeline=TIR_PIPELINE)
-    a = np.arange(64, dtype=np.float32)
+    a = np.arange(128, dtype=np.float32)
     b = tvm.runtime.tensor(np.zeros((2, 16), np.float32))
     lib(tvm.runtime.tensor(a), b)
     want = np.stack([a[offset + p:offset + p + 32:2] for p in range(2)])
     np.testing.assert_array_equal(b.numpy(), want)
-
-
-def _strided(lanes: int, stride: int, offset: int):
-    @T.prim_func(s_tir=True)
-    def strided(a: T.Buffer((128,), "float32"), b: T.Buffer((stride, lanes), "float32")):
-        for p, j in T.grid(stride, lanes):
-            with T.sblock("copy"):
-                vp, vj = T.axis.remap("SS", [p, j])
-                b[vp, vj] = a[vj * stride + vp + offset]
-
-    sch = tvm.s_tir.Schedule(strided)
-    sch.vectorize(sch.get_loops(sch.get_sblock("copy"))[-1])
-    return sch.mod
 
 
 @pytest.mark.parametrize("lanes, stride", [(16, 2), (7, 2), (11, 2), (8, 3), (5, 4), (2, 2)])
