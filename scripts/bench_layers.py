@@ -12,7 +12,7 @@ Read with care: ONNX Runtime's layer alone pays its NCHW <-> NCHWc reorders, whi
 whole model it pays once, so these ratios flatter TVM, by up to 2x on large-map depthwise layers;
 bench_in_context.py compares each engine's kernels inside whole inferences, and the model's own
 ratio is bench_vs_ort.py's. Each engine's round starts after a pause and an untimed call, as in
-bench_vs_ort.py (compare.SETTLE_S): whichever engine ran just before holds the cores while its
+bench_vs_ort.py (compare.timed_round): whichever engine ran just before holds the cores while its
 workers spin, and without the pause SqueezeNet's 111 -> 55 max pool timed 2.8-3.9 ms at two
 threads beside ONNX Runtime against 0.12 ms at one. A single layer at two threads is still
 mostly fork-join and cache effects; one thread says more about the kernel.
@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from edgecompile.backend import runtime
-from edgecompile.measure.compare import SETTLE_S
+from edgecompile.measure.compare import timed_round
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.artifact import Artifact
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -88,15 +87,7 @@ def _time(fns: dict, rounds: int, runs: int = 15) -> dict[str, float]:
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for k, f in fns.items():
-            # The other engine's workers spin for a while after its run: let them sleep first.
-            time.sleep(SETTLE_S)
-            f()
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t)
-            best[k] = min(best[k], float(np.median(ts)))
+            best[k] = min(best[k], float(np.median(timed_round(f, runs))))
     return best
 
 

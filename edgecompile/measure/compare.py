@@ -63,6 +63,19 @@ def _torch_engine(a: Artifact, x: np.ndarray, threads: int) -> Callable[[], np.n
     return run
 
 
+def timed_round(run: Callable[[], Any], runs: int) -> list[float]:
+    """Seconds of ``runs`` calls of ``run``, after the pause (SETTLE_S) and one untimed call that
+    let the engine timed before it stop spinning on the cores."""
+    time.sleep(SETTLE_S)
+    run()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 _FACTORIES = {"tvm": _tvm_engine, "onnxruntime": _ort_engine, "torch": _torch_engine}
 
 
@@ -93,13 +106,7 @@ def compare_engines(a: Artifact, others: list[str], threads: int, rounds: int = 
             runners[e]()
     for _ in range(rounds):
         for e in engines:
-            run = runners[e]
-            time.sleep(SETTLE_S)
-            run()
-            for _ in range(runs_per_round):
-                t = time.perf_counter()
-                run()
-                samples[e].append(time.perf_counter() - t)
+            samples[e].extend(timed_round(runners[e], runs_per_round))
 
     macs = a.manifest["model"]["macs_counted"]
     medians = {e: float(np.median(samples[e])) * 1e3 for e in engines}
