@@ -23,6 +23,7 @@ import tvm_ffi
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.backend import compiler, runtime
+from edgecompile.backend.cpu_schedules import winograd
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
 from edgecompile.backend.cpu_schedules.rules.conv import (
     PLANE_BAND_BYTES,
@@ -156,6 +157,10 @@ CASES = {
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),
+    "winograd 3x3 16->64 @55 + relu (SqueezeNet's expand: 28 tiles a row, two chunks)":
+        conv(16, 64, 55, k=3, act="relu"),
+    "winograd 3x3 20->24 @12 (no block divides the channels, 6 tiles a row)": conv(20, 24, 12, k=3),
+    # Winograd's by default; test_winograd.py runs the "regular 3x3" ones on the direct rule too.
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
     "regular 3x3 64->256 @13 (SqueezeNet's expand: channel vectors, padded input its own pass)":
         conv(64, 256, 13, k=3, act="relu"),
@@ -213,10 +218,13 @@ def _here_can_run(mcpu: str) -> bool:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("case", CASES)
 def test_rule_matches_onnxruntime(case, width, tmp_path):
+    _check_against_onnxruntime(CASES[case], width, tmp_path)
+
+
+def _check_against_onnxruntime(model, width, tmp_path):
     mcpu = WIDTHS[width]
     if not _here_can_run(mcpu):
         pytest.skip(f"this CPU cannot run {mcpu} code")
-    model = CASES[case]
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     preset = TargetPreset(name=f"test-{width}", description="", device="cpu",
                           target={"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
@@ -295,10 +303,12 @@ def test_window_plane_is_built_in_bands_that_stay_in_l1(c, hw, stride, bands):
 
 
 @pytest.mark.parametrize("case", [(512, 512, 14, 1), (576, 96, 14, 1), (64, 256, 13, 3)])
-def test_small_map_input_is_read_in_place_not_copied_channels_last(case):
+def test_small_map_input_is_read_in_place_not_copied_channels_last(case, monkeypatch):
     """A channel-vector convolution on a small map reads its NCHW input where it is (its padded
     copy, for a 3x3): no [n, h, w, c] copy first, on several cores either (pointwise_fvec.py:
-    the copy cost more than it saved, 0.83-0.97 of whole models' latency without it)."""
+    the copy cost more than it saved, 0.83-0.97 of whole models' latency without it). The 3x3
+    on the direct rule (Winograd off)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)
     cin, cout, hw, k = case
     target = compiler.make_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 4})
     mod = compiler.import_onnx(conv(cin, cout, hw, k=k, act="relu6"), "x", (1, cin, hw, hw))
@@ -475,11 +485,12 @@ def _host_llvm_ir(executable) -> str:
 # workspace pool.
 @pytest.mark.parametrize("case, workspace_calls", [
     ((16, 96, 112, 1, 1, 1), False), ((576, 576, 14, 3, 2, 576), False), ((64, 256, 13, 3, 1, 1), True)])
-def test_scratch_buffers_are_allocas_not_workspace_calls(case, workspace_calls):
+def test_scratch_buffers_are_allocas_not_workspace_calls(case, workspace_calls, monkeypatch):
     """A register tile's accumulator and a window's padded plane are allocated inside the
     parallel loop, once per tile or channel: as TVM's workspace allocations they cost two runtime
     calls each and kept the accumulators out of registers (stack_buffers.py). Compiled for
-    AVX-512 (code generation only, so any x86 machine checks it)."""
+    AVX-512 (code generation only, so any x86 machine checks it); the 3x3 on the direct rule."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)
     cin, cout, hw, k, stride, groups = case
     target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
     mod = compiler.import_onnx(conv(cin, cout, hw, k=k, stride=stride, groups=groups),

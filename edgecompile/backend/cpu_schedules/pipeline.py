@@ -19,6 +19,7 @@ from .concat_split import keep_parts_unfused, split_concat
 from .legalize import make_legalize_map
 from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec, SeparablePool
 from .rules.common import SafeRule
+from .winograd import winograd_convs
 
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight's ApplyDefaultSchedule sets
 
@@ -38,6 +39,7 @@ def fuse_passes(target: Target) -> list:
         # A Gemm's weight arrives as permute_dims(constant): fold it, so that the legaliser sees
         # the constant it re-blocks (legalize.py, _dense).
         relax.transform.FoldConstant(),
+        winograd_convs(target),
         relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         keep_parts_unfused(),

@@ -12,3 +12,6 @@ VECTOR_TAIL_ATTR = "edge_vector_tail"
 CONCAT_PART_SUFFIX = "_part"
 POOL_ROWS_TAG = "edge_pool_rows"  # an unpadded max pool's max over window rows (separable_pool.py)
 POOL_COLS_TAG = "edge_pool_cols"  # and over the window's columns of that
+# The transforms of a Winograd convolution (winograd.py): their kernels' function names.
+WINOGRAD_INPUT = "winograd_input"
+WINOGRAD_OUTPUT = "winograd_output"

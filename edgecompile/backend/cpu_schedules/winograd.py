@@ -1,0 +1,184 @@
+"""Graph rewrite: a 3x3 stride-1 convolution as Winograd F(2x2, 3x3).
+
+Each 2x2 output tile of a 3x3 conv is A^T [(G g G^T) . (B^T d B)] A over the 4x4 input window d:
+16 multiplies per tile and input channel where the direct conv has 36, so 2.25x fewer FMAs at
+the cost of two transforms (winograd_tir.py) and the transformed tensors' memory traffic. The
+FMAs become 16 independent GEMMs (K x C by C x tiles); here they are one grouped 1x1 conv (16
+groups), so that they are legalised, scheduled and tuned like every other pointwise conv, and
+the weights' transform U = G g G^T is done once, at build time (numpy).
+
+relu?(add?(conv2d(x, W), bias)) -> input transform -> grouped 1x1 conv -> output transform with
+the bias and the ReLU in its stores (a value read twice ends the chain there). Where
+(winograd_pays): groups 1, padding 1, batch 1, float32, constant weights, at least MIN_CHANNELS
+channels in and out, at least MIN_TILES tiles.
+
+Why: SqueezeNet's expand 3x3 convs carry half of its FLOPs, and ONNX Runtime runs them direct
+(MLAS NCHWc) at the FMA peak, as our direct conv did (110 GFLOP/s on one Zen 4 core), so only
+fewer FMAs could beat it. In context, one Zen 4 thread, default schedules, direct -> input
+transform + GEMMs + output transform: 16 -> 64 @55 0.536 -> 0.027 + 0.264 + 0.116 ms (the
+output transform reads 3.2 MB of M: memory-bound), 32 -> 128 @27 0.487 -> 0.347, 48 -> 192
+@13 0.260 -> 0.207, 64 -> 256 @13 0.454 -> 0.406; the whole model 0.93-0.94 of its latency.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import Op
+
+from . import winograd_tir
+from .legalize import _const_array
+from .tags import WINOGRAD_INPUT, WINOGRAD_OUTPUT
+from .target_info import cpu_info
+
+_CONV = Op.get("relax.nn.conv2d")
+_ADD = Op.get("relax.add")
+_RELU = Op.get("relax.nn.relu")
+
+# The GEMMs' reduction is the input channels; 16 is the fewest measured (gains above). Fewer
+# (FasterNet-T0's 10-channel PConv) stay direct until measured.
+MIN_CHANNELS = 16
+# Tiles per map below which the GEMMs stream their weights (16/9 of the direct conv's) for too
+# few positions. Measured in context, one Zen 4 thread, direct -> Winograd: SqueezeNet's 64 ->
+# 256 @13 (49 tiles) 0.454 -> 0.406 ms, FasterNet-T1's 64 @14 (49) 0.132 -> 0.105, its
+# 128 @7 (16 tiles) 0.138 -> 0.227.
+MIN_TILES = 36
+
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+
+
+def weight_transform(w: np.ndarray) -> np.ndarray:
+    """[K, C, 3, 3] -> the grouped 1x1 conv's [16 K, C, 1, 1]: row t * K + k holds point
+    t = 4 xi + nu of G g G^T for every (k, c)."""
+    k, c = w.shape[:2]
+    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G)
+    return np.ascontiguousarray(u.reshape(16 * k, c, 1, 1).astype(w.dtype))
+
+
+def winograd_pays(call: relax.Call, wnp: np.ndarray | None) -> bool:
+    a = call.attrs
+    shape = getattr(call.args[0].ty, "shape", None)
+    if wnp is None or shape is None or len(shape) != 4 or wnp.ndim != 4:
+        return False
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return False
+    n, c, h, w = (int(d) for d in shape)
+    return (n == 1 and wnp.shape[2:] == (3, 3) and int(a.groups) == 1
+            and [int(v) for v in a.strides] == [1, 1] and [int(v) for v in a.dilation] == [1, 1]
+            and [int(v) for v in a.padding] == [1, 1, 1, 1]
+            and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+            and str(call.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
+            and a.out_dtype in ("", None, "float32")
+            and c >= MIN_CHANNELS and wnp.shape[0] >= MIN_CHANNELS
+            # w >= 4: at least two tiles a row, the transforms' narrowest vector
+            and w >= 4 and h >= 2 and math.prod(winograd_tir.tiles(h, w)) >= MIN_TILES)
+
+
+def _bias_vector(expr: relax.Expr, k: int) -> np.ndarray | None:
+    """A constant that adds one value per output channel ([K, 1, 1], [1, K, 1, 1])."""
+    b = _const_array(expr)
+    if b is None or b.ndim not in (3, 4) or b.size != k or b.shape[-3] != k or str(b.dtype) != "float32":
+        return None  # a [K] bias would broadcast along the rows' columns, not the channels
+    return np.ascontiguousarray(b.reshape(k))
+
+
+def _scan(func: relax.Function) -> tuple[dict, dict]:
+    """Each bound var's value, and each var's single reader (only vars read exactly once)."""
+    bound: dict[relax.Var, relax.Expr] = {}
+    uses: dict[relax.Var, int] = {}
+
+    @relax.expr_functor.visitor
+    class _Scan(relax.PyExprVisitor):
+        def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
+            bound[binding.var] = binding.value
+            super().visit_var_binding_(binding)
+
+        def visit_var_(self, var) -> None:  # noqa: N802
+            uses[var] = uses.get(var, 0) + 1
+
+        def visit_dataflow_var_(self, var) -> None:  # noqa: N802
+            uses[var] = uses.get(var, 0) + 1
+
+    _Scan().visit_expr(func)
+    reader = {arg: var for var, value in bound.items() if isinstance(value, relax.Call)
+              for arg in value.args if isinstance(arg, relax.Var) and uses.get(arg) == 1}
+    return bound, reader
+
+
+def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
+    """Each conv that the rewrite takes, by the var its chain ends at: (conv call, bias [K],
+    ReLU or not, the chain's vars before the end, which the rewrite drops)."""
+    bound, reader = _scan(func)
+
+    def call_of(var, op):
+        value = bound.get(var)
+        return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+
+    chains = {}
+    for var in bound:
+        conv = call_of(var, _CONV)
+        if conv is None or not winograd_pays(conv, _const_array(conv.args[1])):
+            continue
+        k = int(conv.ty.shape[1])
+        end, bias, relu, dropped = var, np.zeros(k, np.float32), False, []
+        add = call_of(reader.get(end), _ADD)
+        if add is not None and add.args[0].same_as(end) and _bias_vector(add.args[1], k) is not None:
+            dropped.append(end)
+            end, bias = reader[end], _bias_vector(add.args[1], k)
+        if call_of(reader.get(end), _RELU) is not None:
+            dropped.append(end)
+            end, relu = reader[end], True
+        chains[end] = (conv, bias, relu, dropped)
+    return chains
+
+
+@relax.expr_functor.mutator
+class _Winograd(relax.PyExprMutator):
+    def __init__(self, mod, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.chains: dict = {}
+        self.dropped: set = set()
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        self.chains = _chains(func)
+        self.dropped = {v for (*_, dropped) in self.chains.values() for v in dropped}
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
+        if binding.var in self.dropped:
+            return
+        if binding.var not in self.chains:
+            super().visit_var_binding_(binding)
+            return
+        conv, bias, relu, _ = self.chains[binding.var]
+        x = self.visit_expr(conv.args[0])
+        wnp = _const_array(conv.args[1])
+        k, c = wnp.shape[:2]
+        _, _, h, w = (int(d) for d in x.ty.shape)
+        th, tw = winograd_tir.tiles(h, w)
+        bb = self.builder_
+        f_in = bb.add_func(winograd_tir.input_transform(c, h, w, self.lanes), WINOGRAD_INPUT)
+        f_out = bb.add_func(winograd_tir.output_transform(k, h, w, self.lanes, relu), WINOGRAD_OUTPUT)
+        v = bb.emit(relax.call_tir(f_in, [x], relax.TensorType([1, 16 * c, th, tw], "float32")))
+        m = bb.emit(relax.op.nn.conv2d(v, relax.const(weight_transform(wnp)), groups=16))
+        y = relax.call_tir(f_out, [m, relax.const(bias)], relax.TensorType([1, k, h, w], "float32"))
+        bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(y)))
+
+
+def winograd_convs(target):
+    """The rewrite as a module pass (before legalisation: the grouped conv is legalised with
+    every other conv)."""
+    lanes = cpu_info(target).lanes
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgeWinograd")
+    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        mutator = _Winograd(mod, lanes)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.rewrite(func))
+        return mutator.builder_.get()
+
+    return _pass
