@@ -22,10 +22,12 @@ from edgecompile.backend.cpu_schedules.tags import (
     DW_FLAT_TAG,
     POOL_COLS_TAG,
     PW_FVEC_TAG,
+    WINOGRAD_INPUT,
+    WINOGRAD_OUTPUT,
 )
 from edgecompile.backend.tir_exprs import buffer_bytes, uses_var
 
-OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling",
+OP_CLASSES = ("conv", "pointwise", "depthwise", "grouped", "pconv", "dense", "pooling", "winograd",
               "data_movement", "elementwise")
 # Function-name words of kernels that only move data (TVM names a fused function after its ops).
 _MOVES = ("concatenate", "split", "transpose", "reshape", "strided_slice", "squeeze", "take",
@@ -114,6 +116,8 @@ def _moves_with(name: str, words: tuple[str, ...]) -> bool:
 def classify(func, name: str = "") -> str:
     """The operator class of one fused kernel (``name``: its function name), from its anchor
     (reduction) block."""
+    if name.startswith((WINOGRAD_INPUT, WINOGRAD_OUTPUT)):
+        return "winograd"  # a Winograd conv's transforms (its GEMMs are a grouped conv)
     tvm = load_tvm()
     blocks: list[Any] = []
     tvm_ffi.structural_walk(func.body, (tvm.s_tir.SBlock, blocks.append), order="post")

@@ -18,7 +18,7 @@ from edgecompile.report.rows import NOT_A_LATENCY
 
 CLASS_COLORS = {"conv": "#4c72b0", "pointwise": "#55a868", "depthwise": "#c44e52",
                 "grouped": "#8172b2", "pconv": "#ccb974", "dense": "#64b5cd", "pooling": "#937860",
-                "data_movement": "#da8bc3", "elementwise": "#8c8c8c"}
+                "winograd": "#e5ae38", "data_movement": "#da8bc3", "elementwise": "#8c8c8c"}
 
 
 def _plt():
