@@ -143,11 +143,13 @@ class Task:
 
 
 def extract_tasks(prepared: Prepared, target) -> list[Task]:
+    from edgecompile.backend.cpu_schedules.tags import SCHEDULED_ATTR
+
     ms = ms_module()
     tvm = load_tvm()
     tasks = []
     for t in ms.relax_integration.extract_tasks(prepared.mod, target):
-        if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
+        if t.mod.attrs is not None and t.mod.attrs.get(SCHEDULED_ATTR, False):
             continue
         wl = t.dispatched[0]
         try:

@@ -23,7 +23,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from .legalize import _const_array
-from .tags import CONCAT_PART_SUFFIX
+from .tags import CONCAT_PART_SUFFIX, OP_PATTERN_ATTR, OPAQUE
 
 _CONV = Op.get("relax.nn.conv2d")
 _CONCAT = Op.get("relax.concat")
@@ -31,7 +31,6 @@ _MAX_POOL = Op.get("relax.nn.max_pool2d")
 _CALL_TIR = Op.get("relax.call_tir")
 _ADD = Op.get("relax.add")
 PART = "edge_concat_part"  # name of the partial convolutions that must not anchor a fused kernel
-OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps fuses nothing into or with it
 
 
 def _channels(expr: relax.Expr) -> int | None:
@@ -183,7 +182,7 @@ def keep_parts_unfused():
                 if (binding.var.name.startswith(PART) and isinstance(value, relax.Call)
                         and value.op.same_as(_CALL_TIR)):
                     prim = self.builder_.get()[value.args[0]]
-                    gv = self.builder_.add_func(prim.with_attr("op_pattern", OPAQUE),
+                    gv = self.builder_.add_func(prim.with_attr(OP_PATTERN_ATTR, OPAQUE),
                                                 value.args[0].name_hint + CONCAT_PART_SUFFIX)
                     args = [gv] + [self.visit_expr(arg) for arg in value.args[1:]]
                     value = self.builder_.normalize(relax.Call(value.op, args, value.attrs,

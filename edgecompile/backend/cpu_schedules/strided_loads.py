@@ -18,6 +18,8 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 from tvm.ir.prim.expr import IntImm, Ramp
 
+from .rules.common import overlapping_chunks
+
 MAX_STRIDE = 4
 MAX_WIDE_LANES = 64  # wider vectors than 4 AVX-512 registers: leave them to the scalar path
 
@@ -32,7 +34,13 @@ def _as_shuffle(load):
     wide = stride * (lanes - 1) + 1
     if not (1 < stride <= MAX_STRIDE) or wide > MAX_WIDE_LANES:
         return load
-    chunk, starts = _chunks(lanes, wide)
+    # The span as whole registers, the last overlapping: one load of the span's own width (31
+    # lanes for a 16-lane ramp of stride 2) was legalised by LLVM as 16 + 8 + 4 + 2 + 1 pieces,
+    # permuted per 128-bit piece; as two registers it is one vpermt2ps. Alone, one thread, Zen 4:
+    # MobileNet v2's 96 @112 s2 depthwise 0.252 -> 0.225 ms, SqueezeNet's 111 -> 55 max pool
+    # 0.135 -> 0.118. Inside the inference both wait on memory instead: no model moved (A/B
+    # 0.999-1.008).
+    chunk, starts = overlapping_chunks(lanes, wide)
     pieces = [tirx.BufferLoad(load.source, [tirx.Ramp(idx.base + s, 1, chunk)]) for s in starts]
     picks = []
     for i in range(lanes):
@@ -40,21 +48,6 @@ def _as_shuffle(load):
         k = min(e // chunk, len(starts) - 1)
         picks.append(tirx.IntImm("int32", k * chunk + e - starts[k]))
     return tirx.Shuffle(pieces, picks)
-
-
-def _chunks(lanes: int, wide: int) -> tuple[int, list[int]]:
-    """The span of ``wide`` elements as loads of ``chunk`` lanes (a power of two, at least the
-    ramp's lanes where the span allows): (chunk, their starts); the last one moved back to end
-    where the span ends, overlapping the one before. One load of the span's own width (31 lanes
-    for a 16-lane ramp of stride 2) was legalised by LLVM as 16 + 8 + 4 + 2 + 1 pieces, permuted
-    per 128-bit piece; as two registers it is one vpermt2ps. Alone, one thread, Zen 4: MobileNet
-    v2's 96 @112 s2 depthwise 0.252 -> 0.225 ms, SqueezeNet's 111 -> 55 max pool 0.135 -> 0.118.
-    Inside the inference both wait on memory instead: no model moved (A/B 0.999-1.008)."""
-    chunk = 1 << (lanes - 1).bit_length()
-    while chunk > wide:
-        chunk //= 2
-    n = -(-wide // chunk)
-    return chunk, [min(k * chunk, wide - chunk) for k in range(n)]
 
 
 @tirx.transform.prim_func_pass(opt_level=0, name="EdgeStridedLoadsToShuffles")

@@ -124,9 +124,10 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
         k = int(conv.ty.shape[1])
         end, bias, relu, dropped = var, np.zeros(k, np.float32), False, []
         add = call_of(reader.get(end), _ADD)
-        if add is not None and add.args[0].same_as(end) and _bias_vector(add.args[1], k) is not None:
+        b = _bias_vector(add.args[1], k) if add is not None and add.args[0].same_as(end) else None
+        if b is not None:
             dropped.append(end)
-            end, bias = reader[end], _bias_vector(add.args[1], k)
+            end, bias = reader[end], b
         if call_of(reader.get(end), _RELU) is not None:
             dropped.append(end)
             end, relu = reader[end], True

@@ -11,7 +11,7 @@ even and odd columns. A TE compute of either vectorised by TVM would scalarise o
 
 Tiles along a row are taken ``n`` at a time, n a power of two up to the register width; the last
 chunk of a row starts early and overlaps the one before it (it recomputes and rewrites the same
-values), so every vector is whole. Shapes are NCHW, batch 1:
+values), so every vector is whole (rules/common.overlapping_chunks). Shapes are NCHW, batch 1:
   x [1, C, H, W] -> V [1, 16 C, tH, tW]   (channel t * C + c, t = 4 xi + nu)
   M [1, 16 K, tH, tW] -> y [1, K, H, W]    (+ bias, optional ReLU)
 with tH = ceil(H / 2), tW = ceil(W / 2).
@@ -20,26 +20,14 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
+from .rules.common import overlapping_chunks
+from .tags import OP_PATTERN_ATTR, OPAQUE, SCHEDULED_ATTR
+
 F32 = "float32"
-SCHEDULED = "tirx.is_scheduled"
-OPAQUE = 8  # TVM OpPatternKind kOpaque
 
 
 def tiles(h: int, w: int) -> tuple[int, int]:
     return -(-h // 2), -(-w // 2)
-
-
-def chunk_lanes(tw: int, lanes: int) -> int:
-    """Tiles per vector: the largest power of two up to the register width that a row holds."""
-    n = 1
-    while n * 2 <= min(tw, lanes):
-        n *= 2
-    return n
-
-
-def chunk_starts(tw: int, n: int) -> list[int]:
-    """Where each chunk of n tiles starts along a row of tw tiles; the last one overlaps."""
-    return sorted({min(i * n, tw - n) for i in range(-(-tw // n))})
 
 
 def _i(v: int) -> tirx.IntImm:
@@ -56,7 +44,7 @@ def _func(buffers: list[tirx.Buffer], body) -> tirx.PrimFunc:
     root = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", body))
     func = tirx.PrimFunc(buffers, root)
     # op_pattern opaque: FuseOps fuses nothing into it (and TVM analyses no blocks it has not)
-    return func.with_attrs({"tirx.noalias": True, SCHEDULED: True, "op_pattern": OPAQUE})
+    return func.with_attrs({"tirx.noalias": True, SCHEDULED_ATTR: True, OP_PATTERN_ATTR: OPAQUE})
 
 
 def _seq(stmts: list) -> tirx.Stmt:
@@ -72,7 +60,7 @@ def _bind(stmts: list, name: str, value):
 def input_transform(c: int, h: int, w: int, lanes: int) -> tirx.PrimFunc:
     """V = B^T d B for every 4x4 window d at stride 2 of the input padded by one."""
     th, tw = tiles(h, w)
-    n = chunk_lanes(tw, lanes)
+    n, tile_starts = overlapping_chunks(lanes, tw)
     # Each channel's plane inside a zero border: one row and column before the map, and after it
     # up to the last tile's window (rows 2 th + 1, columns 2 tw + 1 of the padded plane), so that
     # every window's 16 vector loads are in bounds and read zeros outside the map.
@@ -87,14 +75,14 @@ def input_transform(c: int, h: int, w: int, lanes: int) -> tirx.PrimFunc:
 
     zero_plane = tirx.For(zero, _i(0), _i(ph * pw), tirx.ForKind.SERIAL,
                           tirx.BufferStore(pad, tirx.FloatImm(F32, 0.0), [zero]))
-    m = chunk_lanes(w, lanes)
+    m, row_starts = overlapping_chunks(lanes, w)
     copy_row = _seq([tirx.BufferStore(pad, tirx.BufferLoad(xbuf, _row(xbuf, (0, ch, row), s, m)),
                                       [tirx.Ramp((row + 1) * pw + 1 + s, _i(1), _i(m))])
-                     for s in chunk_starts(w, m)])
+                     for s in row_starts])
     copy = tirx.For(row, _i(0), _i(h), tirx.ForKind.SERIAL, copy_row)
 
     per_chunk = []
-    for x0 in chunk_starts(tw, n):
+    for x0 in tile_starts:
         stmts: list = []
         d = [[_bind(stmts, f"d{i}{j}", tirx.BufferLoad(
             pad, [tirx.Ramp((2 * ty + i) * pw + 2 * x0 + j, _i(2), _i(n))])) for j in range(4)]
@@ -123,7 +111,7 @@ def _at(v: list) -> list:
 def output_transform(k: int, h: int, w: int, lanes: int, relu: bool) -> tirx.PrimFunc:
     """y = A^T M A (+ bias, ReLU) for every tile; a tile row's two output rows written whole."""
     th, tw = tiles(h, w)
-    n = chunk_lanes(tw, lanes)
+    n, tile_starts = overlapping_chunks(lanes, tw)
     mbuf = tirx.decl_buffer((1, 16 * k, th, tw), F32, "M")
     bbuf = tirx.decl_buffer((k,), F32, "bias")
     ybuf = tirx.decl_buffer((1, k, h, w), F32, "y")
@@ -131,7 +119,7 @@ def output_transform(k: int, h: int, w: int, lanes: int, relu: bool) -> tirx.Pri
     ty = tirx.Var("y", "int32")
 
     per_chunk = []
-    for x0 in chunk_starts(tw, n):
+    for x0 in tile_starts:
         stmts: list = []
         mv = [[_bind(stmts, f"m{xi}{nu}", tirx.BufferLoad(
             mbuf, _row(mbuf, (0, (4 * xi + nu) * k + ch, ty), x0, n)))

@@ -67,6 +67,19 @@ def vector_pieces(width: int) -> int:
     return bin(width).count("1")
 
 
+def overlapping_chunks(lanes: int, wide: int) -> tuple[int, list[int]]:
+    """A run of ``wide`` elements as vectors of ``chunk`` lanes, a power of two (at least
+    ``lanes`` where the run allows): (chunk, their starts), the last one moved back to end where
+    the run ends, overlapping the one before, so that every vector is whole and none reaches
+    past the run (LLVM splits an odd-width vector into power-of-two pieces: 31 lanes as
+    16 + 8 + 4 + 2 + 1)."""
+    chunk = 1 << (lanes - 1).bit_length()
+    while chunk > wide:
+        chunk //= 2
+    n = -(-wide // chunk)
+    return chunk, [min(k * chunk, wide - chunk) for k in range(n)]
+
+
 def split_vector(extent: int, lanes: int, max_vec: int) -> tuple[int, int]:
     """(unrolled vectors, lanes per vector) whose product divides `extent`.
 
