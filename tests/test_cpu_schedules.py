@@ -157,9 +157,9 @@ CASES = {
     "stem 3x3 s2 3->24 @33 (odd map)": conv(3, 24, 33, k=3, stride=2, act="relu"),
     "stem 3x3 s2 3->64 @64, no padding (SqueezeNet's: odd padded row)":
         conv(3, 64, 64, k=3, stride=2, act="relu", pad=0),
-    "winograd 3x3 16->64 @55 + relu (SqueezeNet's expand: 28 tiles a row, two chunks)":
+    "winograd F(4x4) 16->64 @55 + relu (SqueezeNet's expand: 14 tiles a row, two chunks)":
         conv(16, 64, 55, k=3, act="relu"),
-    "winograd 3x3 20->24 @12 (no block divides the channels, 6 tiles a row)": conv(20, 24, 12, k=3),
+    "winograd F(2x2) 20->24 @12 (no block divides the channels, 6 tiles a row)": conv(20, 24, 12, k=3),
     # Winograd's by default; test_winograd.py runs the "regular 3x3" ones on the direct rule too.
     "regular 3x3 16->64 @13": conv(16, 64, 13, k=3, act="relu"),
     "regular 3x3 64->256 @13 (SqueezeNet's expand: channel vectors, padded input its own pass)":

@@ -1,13 +1,18 @@
-"""Winograd F(2x2, 3x3) convolutions (backend/cpu_schedules/winograd.py, winograd_tir.py).
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (backend/cpu_schedules/winograd.py,
+winograd_tir.py).
 
 The transforms are hand-written vector TIR, so they are checked alone, compiled with the real
-TVM, against numpy's B^T d B and A^T M A on every awkward geometry: odd and even rows and
-columns (the last tile half outside the map), rows of 2 tiles (the narrowest vector) and rows
-that take several chunks (the last one overlapping), at 4, 8 and 16 lanes. Whole convolutions
-(rewrite -> transforms -> grouped GEMM conv) are checked against ONNX Runtime in
-test_cpu_schedules.py's CASES; here, which convolutions the rewrite takes.
+TVM, against numpy's B^T d B and A^T M A (the matrices themselves, not the shared-term spelling
+the TIR uses) on every awkward geometry: odd and even rows and columns (the last tile partly
+outside the map), rows of 2 tiles (the narrowest vector) and rows that take several chunks (the
+last one overlapping), at 4, 8 and 16 lanes. Whole convolutions (rewrite -> transforms ->
+grouped GEMM conv) are checked against ONNX Runtime in test_cpu_schedules.py's CASES; here,
+which convolutions the rewrite takes, and with which tile.
 
-Tolerance: the transforms are sums of at most 9 terms with coefficients +-1: 1e-5 of the scale.
+Tolerance: 1e-6 of the scale times the sum of the transform's |coefficients| per output: F(2)'s
+are sums of at most 9 terms with coefficients +-1, F(4)'s of up to 36 with coefficients up to
+25 (B^T) and 64 (A^T), so float32 rounding grows with them (measured: 3e-6 and 1.2e-5 of the
+scale for F(4)'s input and output transforms).
 """
 from __future__ import annotations
 
@@ -25,13 +30,19 @@ from edgecompile.backend.cpu_schedules.tags import WINOGRAD_INPUT, WINOGRAD_OUTP
 pytestmark = pytest.mark.tvm
 
 rng = np.random.default_rng(0)
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 HOST = {"kind": "llvm"}
 
 # (channels, rows, columns, lanes): odd / even maps, 2-tile rows, several overlapping chunks
 GEOMETRIES = [(16, 55, 55, 16), (3, 13, 13, 16), (5, 12, 31, 8), (2, 2, 4, 16), (4, 7, 70, 16),
-              (3, 27, 27, 4), (1, 6, 9, 4), (2, 13, 13, 8)]
+              (3, 27, 27, 4), (1, 6, 9, 4), (2, 13, 13, 8), (3, 5, 5, 4), (2, 28, 28, 8)]
+# F(4)'s own: 2-tile rows at 8 columns, a 1-row overhang (13 = 4 x 3 + 1), a 3-row one (56 + 1)
+GEOMETRIES_4 = [g for g in GEOMETRIES if g[2] > 4] + [(3, 8, 8, 16), (2, 57, 57, 16), (2, 14, 9, 16)]
+TILED = [(2, *g) for g in GEOMETRIES] + [(4, *g) for g in GEOMETRIES_4]
+
+
+def _tolerance(matrix: np.ndarray) -> float:
+    """1e-6 times the largest sum of |coefficients| of one output of the 2-D transform."""
+    return 1e-6 * float(np.abs(matrix).sum(axis=1).max() ** 2)
 
 
 def _run(func: tvm.tirx.PrimFunc, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -45,59 +56,64 @@ def _run(func: tvm.tirx.PrimFunc, *arrays: np.ndarray) -> list[np.ndarray]:
     return args[-1].numpy()
 
 
-def _input_reference(x: np.ndarray) -> np.ndarray:
+def _input_reference(x: np.ndarray, m: int) -> np.ndarray:
     _, c, h, w = x.shape
-    th, tw = winograd_tir.tiles(h, w)
-    padded = np.zeros((c, 2 * th + 2, 2 * tw + 2), np.float32)
+    a, bt = m + 2, winograd_tir.BT[m]
+    th, tw = winograd_tir.tiles(h, w, m)
+    padded = np.zeros((c, m * th + 2, m * tw + 2), np.float32)
     padded[:, 1:h + 1, 1:w + 1] = x[0]
-    windows = np.stack([np.stack([padded[:, 2 * y:2 * y + 4, 2 * t:2 * t + 4] for t in range(tw)], -1)
-                        for y in range(th)], -2)  # [c, 4, 4, th, tw]
-    v = np.einsum("ai,cijyx,bj->abcyx", BT, windows, BT)
-    return v.reshape(1, 16 * c, th, tw)
+    windows = np.stack([np.stack([padded[:, m * y:m * y + a, m * t:m * t + a] for t in range(tw)], -1)
+                        for y in range(th)], -2)  # [c, a, a, th, tw]
+    v = np.einsum("ai,cijyx,bj->abcyx", bt, windows, bt)
+    return v.reshape(1, a * a * c, th, tw)
 
 
-def _output_reference(m: np.ndarray, bias: np.ndarray, h: int, w: int, relu: bool) -> np.ndarray:
-    k = bias.size
-    th, tw = winograd_tir.tiles(h, w)
-    y = np.einsum("ia,abkyx,jb->kyixj", AT, m.reshape(4, 4, k, th, tw), AT)
-    y = y.reshape(k, 2 * th, 2 * tw)[:, :h, :w] + bias[:, None, None]
+def _output_reference(mt: np.ndarray, bias: np.ndarray, h: int, w: int, relu: bool, m: int) -> np.ndarray:
+    k, a, at = bias.size, m + 2, winograd_tir.AT[m]
+    th, tw = winograd_tir.tiles(h, w, m)
+    y = np.einsum("ia,abkyx,jb->kyixj", at, mt.reshape(a, a, k, th, tw), at)
+    y = y.reshape(k, m * th, m * tw)[:, :h, :w] + bias[:, None, None]
     return (np.maximum(y, 0) if relu else y)[None]
 
 
-@pytest.mark.parametrize("c, h, w, lanes", GEOMETRIES)
-def test_input_transform_matches_numpy(c, h, w, lanes):
+@pytest.mark.parametrize("m, c, h, w, lanes", TILED)
+def test_input_transform_matches_numpy(m, c, h, w, lanes):
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
-    th, tw = winograd_tir.tiles(h, w)
+    th, tw = winograd_tir.tiles(h, w, m)
     # NaN-filled output: a tile the kernel does not write shows up
-    out = np.full((1, 16 * c, th, tw), np.nan, np.float32)
-    got = _run(winograd_tir.input_transform(c, h, w, lanes), x, out)
-    np.testing.assert_allclose(got, _input_reference(x), rtol=0, atol=1e-5 * np.abs(x).max())
+    out = np.full((1, (m + 2) ** 2 * c, th, tw), np.nan, np.float32)
+    got = _run(winograd_tir.input_transform(c, h, w, lanes, m), x, out)
+    np.testing.assert_allclose(got, _input_reference(x, m), rtol=0,
+                               atol=_tolerance(winograd_tir.BT[m]) * np.abs(x).max())
 
 
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("k, h, w, lanes", GEOMETRIES)
-def test_output_transform_matches_numpy(k, h, w, lanes, relu):
-    th, tw = winograd_tir.tiles(h, w)
-    m = rng.standard_normal((1, 16 * k, th, tw)).astype(np.float32)
+@pytest.mark.parametrize("m, k, h, w, lanes", TILED)
+def test_output_transform_matches_numpy(m, k, h, w, lanes, relu):
+    th, tw = winograd_tir.tiles(h, w, m)
+    mt = rng.standard_normal((1, (m + 2) ** 2 * k, th, tw)).astype(np.float32)
     bias = rng.standard_normal(k).astype(np.float32)
     out = np.full((1, k, h, w), np.nan, np.float32)
-    got = _run(winograd_tir.output_transform(k, h, w, lanes, relu), m, bias, out)
-    np.testing.assert_allclose(got, _output_reference(m, bias, h, w, relu), rtol=0,
-                               atol=1e-5 * np.abs(m).max())
+    got = _run(winograd_tir.output_transform(k, h, w, lanes, relu, m), mt, bias, out)
+    np.testing.assert_allclose(got, _output_reference(mt, bias, h, w, relu, m), rtol=0,
+                               atol=_tolerance(winograd_tir.AT[m]) * np.abs(mt).max())
 
 
-def test_weight_transform_and_transforms_compute_the_convolution():
+@pytest.mark.parametrize("m", [2, 4])
+def test_weight_transform_and_transforms_compute_the_convolution(m):
     """numpy end to end: V, U's GEMMs per tile point, A^T M A == the direct 3x3 conv."""
     c, k, h, w = 5, 3, 9, 8
+    a = m + 2
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
-    v = _input_reference(x).reshape(16, c, -1)
-    u = winograd.weight_transform(wt).reshape(16, k, c)
-    m = np.einsum("tkc,tcp->tkp", u, v).reshape(1, 16 * k, *winograd_tir.tiles(h, w))
-    got = _output_reference(m, np.zeros(k, np.float32), h, w, relu=False)
+    v = _input_reference(x, m).reshape(a * a, c, -1)
+    u = winograd.weight_transform(wt, m).reshape(a * a, k, c)
+    mt = np.einsum("tkc,tcp->tkp", u, v).reshape(1, a * a * k, *winograd_tir.tiles(h, w, m))
+    got = _output_reference(mt, np.zeros(k, np.float32), h, w, relu=False, m=m)
     padded = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
     want = np.einsum("kcij,cyxij->kyx", wt, np.lib.stride_tricks.sliding_window_view(padded, (3, 3), (1, 2)))
     np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -117,25 +133,35 @@ def _kernels_after_fusion(model, shape) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
+# case -> (conv, the tile m it is rewritten with, None: left direct)
 REWRITE = {
-    "64->256 @13 + relu (SqueezeNet's expand)": ((64, 256, 13, {"act": "relu"}), True),
-    "20->24 @28, no activation (no block divides 20 or 24)": ((20, 24, 28, {}), True),
-    "16->16 @12 (36 tiles: the fewest taken)": ((16, 16, 12, {}), True),
-    "128->128 @7 (16 tiles: the GEMMs would stream their weights)": ((128, 128, 7, {}), False),
-    "8->64 @28 (8 input channels: too short a GEMM)": ((8, 64, 28, {}), False),
-    "stride 2": ((32, 32, 28, {"stride": 2}), False),
-    "groups 8": ((32, 32, 28, {"groups": 8}), False),
-    "no padding": ((32, 32, 28, {"pad": 0}), False),
-    "5x5": ((32, 32, 28, {"k": 5}), False),
+    "64->256 @13 + relu (SqueezeNet's expand: 16 tiles of 4, 49 of 2)": ((64, 256, 13, {"act": "relu"}), 2),
+    "16->64 @55 + relu (SqueezeNet's first expand)": ((16, 64, 55, {"act": "relu"}), 4),
+    "32->32 @27 (49 tiles of 4)": ((32, 32, 27, {}), 4),
+    "20->24 @28, no activation (no block divides 20 or 24)": ((20, 24, 28, {}), 4),
+    "16->16 @12 (9 tiles of 4, 36 of 2: the fewest taken)": ((16, 16, 12, {}), 2),
+    "16->16 @24 (36 tiles of 4)": ((16, 16, 24, {}), 4),
+    "128->128 @7 (16 tiles: the GEMMs would stream their weights)": ((128, 128, 7, {}), None),
+    "8->64 @28 (8 input channels: too short a GEMM)": ((8, 64, 28, {}), None),
+    "stride 2": ((32, 32, 28, {"stride": 2}), None),
+    "groups 8": ((32, 32, 28, {"groups": 8}), None),
+    "no padding": ((32, 32, 28, {"pad": 0}), None),
+    "5x5": ((32, 32, 28, {"k": 5}), None),
 }
 
 
 @pytest.mark.parametrize("case", REWRITE)
 def test_rewrite_takes_the_convolutions_that_pay(case):
-    (cin, cout, hw, kw), taken = REWRITE[case]
-    names = _kernels_after_fusion(conv(cin, cout, hw, **{"k": 3, **kw}), (1, cin, hw, hw))
-    assert any(n.startswith(WINOGRAD_INPUT) for n in names) == taken, names
-    assert any(n.startswith(WINOGRAD_OUTPUT) for n in names) == taken, names
+    (cin, cout, hw, kw), m = REWRITE[case]
+    model = conv(cin, cout, hw, **{"k": 3, **kw})
+    names = _kernels_after_fusion(model, (1, cin, hw, hw))
+    assert any(n.startswith(WINOGRAD_INPUT) for n in names) == (m is not None), names
+    assert any(n.startswith(WINOGRAD_OUTPUT) for n in names) == (m is not None), names
+    if m is not None:  # the GEMMs' input: (m + 2)^2 points of every input channel
+        mod = compiler.import_onnx(model, "x", (1, cin, hw, hw))
+        call = next(b.value for b in mod["main"].body.blocks[0].bindings
+                    if getattr(b.value, "op", None) is not None and b.value.op.name == "relax.nn.conv2d")
+        assert winograd.tile_size(call, winograd._const_array(call.args[1])) == m
 
 
 def test_bias_and_relu_are_stored_by_the_output_transform():

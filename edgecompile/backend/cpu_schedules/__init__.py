@@ -9,8 +9,9 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
   channels with the weights re-blocked once at build time; an expanding pointwise conv on a large
   map no register width divides, along the flattened map rounded up to whole registers), erf as
   TOPI's fast_erf, an unpadded max pool as two passes over the rows (separable_pool.py);
-- winograd.py: a 3x3 stride-1 conv as Winograd F(2x2, 3x3) -- hand-written vector TIR
-  transforms (winograd_tir.py) around a grouped 1x1 conv (its 16 GEMMs) that the rules schedule;
+- winograd.py: a 3x3 stride-1 conv as Winograd F(4x4, 3x3) or F(2x2, 3x3) -- hand-written vector
+  TIR transforms (winograd_tir.py) around a grouped 1x1 conv (its 36 or 16 GEMMs) that the rules
+  schedule;
 - rules/: one dlight-style rule per kernel class (PointwiseFVec, DepthwiseFlat, Conv2DNCHW for
   regular / grouped / depthwise / pooling windows, Dense, SeparablePool, Fallback for everything
   else); a rule that fails on a kernel declines (SafeRule) and the next one tries;

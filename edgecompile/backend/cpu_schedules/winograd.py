@@ -1,27 +1,30 @@
-"""Graph rewrite: a 3x3 stride-1 convolution as Winograd F(2x2, 3x3).
+"""Graph rewrite: a 3x3 stride-1 convolution as Winograd F(m x m, 3x3), m = 4 or 2.
 
-Each 2x2 output tile of a 3x3 conv is A^T [(G g G^T) . (B^T d B)] A over the 4x4 input window d:
-16 multiplies per tile and input channel where the direct conv has 36, so 2.25x fewer FMAs at
-the cost of two transforms (winograd_tir.py) and the transformed tensors' memory traffic. The
-FMAs become 16 independent GEMMs (K x C by C x tiles); here they are one grouped 1x1 conv (16
-groups), so that they are legalised, scheduled and tuned like every other pointwise conv, and
-the weights' transform U = G g G^T is done once, at build time (numpy).
+Each m x m output tile of a 3x3 conv is A^T [(G g G^T) . (B^T d B)] A over the a x a input
+window d (a = m + 2): a^2 multiplies per tile and input channel where the direct conv has 9 m^2,
+so 4x (F(4x4)) or 2.25x (F(2x2)) fewer FMAs at the cost of two transforms (winograd_tir.py) and
+the transformed tensors' memory traffic (a^2 / m^2 of the output: 2.25x for F(4x4), 4x for
+F(2x2)). The FMAs become a^2 independent GEMMs (K x C by C x tiles); here they are one grouped
+1x1 conv (a^2 groups), so that they are legalised, scheduled and tuned like every other
+pointwise conv, and the weights' transform U = G g G^T is done once, at build time (numpy).
 
 relu?(add?(conv2d(x, W), bias)) -> input transform -> grouped 1x1 conv -> output transform with
 the bias and the ReLU in its stores (a value read twice ends the chain there). Where
-(winograd_pays): groups 1, padding 1, batch 1, float32, constant weights, at least MIN_CHANNELS
-channels in and out, at least MIN_TILES tiles.
+(tile_size): groups 1, padding 1, batch 1, float32, constant weights, at least MIN_CHANNELS
+channels in and out, at least MIN_TILES tiles of the m taken (F(4x4) first), two a row.
 
 Why: SqueezeNet's expand 3x3 convs carry half of its FLOPs, and ONNX Runtime runs them direct
 (MLAS NCHWc) at the FMA peak, as our direct conv did (110 GFLOP/s on one Zen 4 core), so only
-fewer FMAs could beat it. In context, one Zen 4 thread, default schedules, direct -> input
-transform + GEMMs + output transform: 16 -> 64 @55 0.536 -> 0.027 + 0.264 + 0.116 ms (the
-output transform reads 3.2 MB of M: memory-bound), 32 -> 128 @27 0.487 -> 0.347, 48 -> 192
-@13 0.260 -> 0.207, 64 -> 256 @13 0.454 -> 0.406; the whole model 0.93-0.94 of its latency.
+fewer FMAs could beat it. Alone, one Zen 4 thread, default schedules, direct / F(2x2) / F(4x4)
+(ms, ONNX Runtime's direct conv beside them): 16 -> 64 @55 0.656 / 0.407 / 0.367 (0.53),
+32 -> 128 @27 0.518 / 0.364 / 0.247 (0.51), FasterNet's PConv 16 @56 0.176 / 0.141 / 0.119,
+32 @28 0.150 / 0.138 / 0.094; at 13x13 and 14x14 F(4x4) has 16 tiles, too few, and F(2x2) is
+taken: 48 -> 192 @13 0.270 / 0.196 (0.25). (20 @28, FasterNet-T0's, ran 0.060 with F(2x2) and
+0.070 with F(4x4): channels no register divides; left to the rule above.) SqueezeNet 1.1 with
+records, F(2x2) -> F(4x4) on its 55 and 27 maps: 0.86-0.96 of its latency (paired runs, 1 and
+2 threads); F(2x2) had made it 0.87-0.94 of the direct conv's.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import tvm
@@ -45,35 +48,46 @@ MIN_CHANNELS = 16
 # 256 @13 (49 tiles) 0.454 -> 0.406 ms, FasterNet-T1's 64 @14 (49) 0.132 -> 0.105, its
 # 128 @7 (16 tiles) 0.138 -> 0.227.
 MIN_TILES = 36
+# Output tile sizes tried, largest first: F(4x4, 3x3) needs 4x fewer FMAs than the direct conv
+# and its intermediate tensors are 36/16 of the output where F(2x2)'s are 4x.
+TILE_SIZES = (4, 2)
 
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 
 
-def weight_transform(w: np.ndarray) -> np.ndarray:
-    """[K, C, 3, 3] -> the grouped 1x1 conv's [16 K, C, 1, 1]: row t * K + k holds point
-    t = 4 xi + nu of G g G^T for every (k, c)."""
+def weight_transform(w: np.ndarray, m: int) -> np.ndarray:
+    """[K, C, 3, 3] -> the grouped 1x1 conv's [a^2 K, C, 1, 1] (a = m + 2): row t * K + k holds
+    point t = a xi + nu of G g G^T for every (k, c)."""
     k, c = w.shape[:2]
-    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G)
-    return np.ascontiguousarray(u.reshape(16 * k, c, 1, 1).astype(w.dtype))
+    g = winograd_tir.G[m]
+    u = np.einsum("ai,kcij,bj->abkc", g, w.astype(np.float64), g)
+    return np.ascontiguousarray(u.reshape(len(g) ** 2 * k, c, 1, 1).astype(w.dtype))
 
 
-def winograd_pays(call: relax.Call, wnp: np.ndarray | None) -> bool:
+def tile_size(call: relax.Call, wnp: np.ndarray | None) -> int | None:
+    """The output tile m of F(m x m, 3x3) this convolution is rewritten with: the largest whose
+    tiles are enough for the GEMMs (MIN_TILES), at least two a row (the transforms' narrowest
+    vector); None where the rewrite does not pay or does not apply."""
     a = call.attrs
     shape = getattr(call.args[0].ty, "shape", None)
     if wnp is None or shape is None or len(shape) != 4 or wnp.ndim != 4:
-        return False
+        return None
     if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return False
+        return None
     n, c, h, w = (int(d) for d in shape)
-    return (n == 1 and wnp.shape[2:] == (3, 3) and int(a.groups) == 1
-            and [int(v) for v in a.strides] == [1, 1] and [int(v) for v in a.dilation] == [1, 1]
-            and [int(v) for v in a.padding] == [1, 1, 1, 1]
-            and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
-            and str(call.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
-            and a.out_dtype in ("", None, "float32")
-            and c >= MIN_CHANNELS and wnp.shape[0] >= MIN_CHANNELS
-            # w >= 4: at least two tiles a row, the transforms' narrowest vector
-            and w >= 4 and h >= 2 and math.prod(winograd_tir.tiles(h, w)) >= MIN_TILES)
+    applies = (n == 1 and wnp.shape[2:] == (3, 3) and int(a.groups) == 1
+               and [int(v) for v in a.strides] == [1, 1] and [int(v) for v in a.dilation] == [1, 1]
+               and [int(v) for v in a.padding] == [1, 1, 1, 1]
+               and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+               and str(call.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
+               and a.out_dtype in ("", None, "float32")
+               and c >= MIN_CHANNELS and wnp.shape[0] >= MIN_CHANNELS)
+    if not applies:
+        return None
+    for m in TILE_SIZES:
+        th, tw = winograd_tir.tiles(h, w, m)
+        if tw >= 2 and th * tw >= MIN_TILES:
+            return m
+    return None
 
 
 def _bias_vector(expr: relax.Expr, k: int) -> np.ndarray | None:
@@ -119,7 +133,8 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
     chains = {}
     for var in bound:
         conv = call_of(var, _CONV)
-        if conv is None or not winograd_pays(conv, _const_array(conv.args[1])):
+        m = tile_size(conv, _const_array(conv.args[1])) if conv is not None else None
+        if m is None:
             continue
         k = int(conv.ty.shape[1])
         end, bias, relu, dropped = var, np.zeros(k, np.float32), False, []
@@ -131,7 +146,7 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
         if call_of(reader.get(end), _RELU) is not None:
             dropped.append(end)
             end, relu = reader[end], True
-        chains[end] = (conv, bias, relu, dropped)
+        chains[end] = (conv, m, bias, relu, dropped)
     return chains
 
 
@@ -154,18 +169,19 @@ class _Winograd(relax.PyExprMutator):
         if binding.var not in self.chains:
             super().visit_var_binding_(binding)
             return
-        conv, bias, relu, _ = self.chains[binding.var]
+        conv, m, bias, relu, _ = self.chains[binding.var]
         x = self.visit_expr(conv.args[0])
         wnp = _const_array(conv.args[1])
         k, c = wnp.shape[:2]
         _, _, h, w = (int(d) for d in x.ty.shape)
-        th, tw = winograd_tir.tiles(h, w)
+        th, tw = winograd_tir.tiles(h, w, m)
+        points = (m + 2) ** 2
         bb = self.builder_
-        f_in = bb.add_func(winograd_tir.input_transform(c, h, w, self.lanes), WINOGRAD_INPUT)
-        f_out = bb.add_func(winograd_tir.output_transform(k, h, w, self.lanes, relu), WINOGRAD_OUTPUT)
-        v = bb.emit(relax.call_tir(f_in, [x], relax.TensorType([1, 16 * c, th, tw], "float32")))
-        m = bb.emit(relax.op.nn.conv2d(v, relax.const(weight_transform(wnp)), groups=16))
-        y = relax.call_tir(f_out, [m, relax.const(bias)], relax.TensorType([1, k, h, w], "float32"))
+        f_in = bb.add_func(winograd_tir.input_transform(c, h, w, self.lanes, m), WINOGRAD_INPUT)
+        f_out = bb.add_func(winograd_tir.output_transform(k, h, w, self.lanes, relu, m), WINOGRAD_OUTPUT)
+        v = bb.emit(relax.call_tir(f_in, [x], relax.TensorType([1, points * c, th, tw], "float32")))
+        gemm = bb.emit(relax.op.nn.conv2d(v, relax.const(weight_transform(wnp, m)), groups=points))
+        y = relax.call_tir(f_out, [gemm, relax.const(bias)], relax.TensorType([1, k, h, w], "float32"))
         bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(y)))
 
 
