@@ -20,7 +20,7 @@ fewer FMAs could beat it. Alone, one Zen 4 thread, default schedules, direct / F
 32 -> 128 @27 0.518 / 0.364 / 0.247 (0.51), FasterNet's PConv 16 @56 0.176 / 0.141 / 0.119,
 32 @28 0.150 / 0.138 / 0.094; at 13x13 and 14x14 F(4x4) has 16 tiles, too few, and F(2x2) is
 taken: 48 -> 192 @13 0.270 / 0.196 (0.25). (20 @28, FasterNet-T0's, ran 0.060 with F(2x2) and
-0.070 with F(4x4): channels no register divides; left to the rule above.) SqueezeNet 1.1 with
+0.070 with F(4x4), channels no register divides: 0.02 ms of its 3.8, not special-cased.) SqueezeNet 1.1 with
 records, F(2x2) -> F(4x4) on its 55 and 27 maps: 0.86-0.96 of its latency (paired runs, 1 and
 2 threads); F(2x2) had made it 0.87-0.94 of the direct conv's.
 """
@@ -46,12 +46,13 @@ MIN_CHANNELS = 16
 # Tiles per map below which the GEMMs stream their weights (16/9 of the direct conv's) for too
 # few positions. Measured in context, one Zen 4 thread, direct -> Winograd: SqueezeNet's 64 ->
 # 256 @13 (49 tiles) 0.454 -> 0.406 ms, FasterNet-T1's 64 @14 (49) 0.132 -> 0.105, its
-# 128 @7 (16 tiles) 0.138 -> 0.227.
+# 128 @7 (16 tiles) 0.138 -> 0.227. The same bound for F(4x4): on 16 tiles (13x13) it won alone
+# (64 -> 256 @13 0.311 ms against F(2x2)'s 0.390) but SqueezeNet 1.1 ran 1.02-1.03x slower whole,
+# its output transform at 4 tiles a row (4-lane vectors) 0.074 ms where F(2x2)'s took 0.013.
 MIN_TILES = 36
 # Output tile sizes tried, largest first: F(4x4, 3x3) needs 4x fewer FMAs than the direct conv
-# and its intermediate tensors are 36/16 of the output where F(2x2)'s are 4x.
+# and its transformed tensors are 2.25x (36/16) the output, where F(2x2)'s are 4x.
 TILE_SIZES = (4, 2)
-
 
 
 def weight_transform(w: np.ndarray, m: int) -> np.ndarray:
