@@ -200,11 +200,16 @@ class Conv2DNCHW(CpuRule):
             outer = sch.fuse(n, y, fo)
             maybe_parallel(sch, outer, work, info.cores)
             # A row computed rounded up and cropped (SqueezeNet's stem: 111 as 7 x 16) is stored
-            # after the whole row: stored tile by tile, the crop's guard depends on the lane and
-            # every tile's store comes out in part-register pieces (stem in context, one thread:
-            # 0.89 -> 0.63 ms and 1.21 -> 1.06 in two interleaved runs).
-            row_store = _stored_width(sch, last) < w_out and mr * w_out * 4 <= ROW_ACCUMULATOR_BYTES
-            sch.reverse_compute_at(last, outer if row_store else xo)
+            # tile by tile from the registers, whole vectors wherever the tile's last lane is in
+            # the row and lane by lane in the one tile where it is not (vector_tails.py; without
+            # that pass the crop's guard made TVM store every tile in pieces). It had been kept
+            # in a row buffer on the stack and stored after the whole row, a pass that cost the
+            # short-K stems most: paired, alone, one Zen 4 thread, row buffer -> tile stores,
+            # SqueezeNet 1.1's 3->64 3x3 s2 0.84x, 1.0's 3->96 7x7 s2 0.90x, rounded pointwise
+            # convs at 160 px (144->24 @40, 32->192 @20) 1.00x; SqueezeNet 1.1 whole 0.96-0.99x.
+            if _stored_width(sch, last) < w_out:
+                sch.annotate(last, VECTOR_TAIL_ATTR, 1)
+            sch.reverse_compute_at(last, xo)
             inner_loops = [fi, xu]
             pv = xv_
             if pad is not None:
@@ -267,10 +272,6 @@ class Conv2DNCHW(CpuRule):
         _vec_tail(sch, last, lanes, epilogue=True)
         return sch
 
-
-# Bytes of a cropped row's accumulators (channels x rounded-up row) kept for one store after the
-# row: half of L1, on the stack (stack_buffers.py).
-ROW_ACCUMULATOR_BYTES = 16 * 1024
 
 # Bytes of a window kernel's padded plane (or band of it) that should stay in L1 (32-48 KB).
 PLANE_BAND_BYTES = 16 * 1024
