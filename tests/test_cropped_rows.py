@@ -43,13 +43,21 @@ def _guarded_stores(model, shape, mcpu: str) -> list[str]:
 # SqueezeNet's stem at 224, 160 and 96 px (no padding: 111, 79, 47 outputs a row) and an odd map
 @pytest.mark.parametrize("hw", [224, 160, 96, 33])
 @pytest.mark.parametrize("width", WIDTHS)
-def test_cropped_row_is_stored_after_the_row_without_a_lane_guard(hw, width):
-    """Stored tile by tile, the last tile's crop (111 = 6 x 16 + 15) is a guard on the lane, and
-    LLVM stores every tile of the row in part-register pieces (SqueezeNet's stem in context,
-    one thread: 0.89 -> 0.63 ms stored after the row). After the row, the store loop is split
-    into whole registers and one shorter piece, neither guarded."""
+def test_cropped_row_is_stored_tile_by_tile_in_whole_vectors(hw, width):
+    """Each tile of a cropped row is stored from its registers. The last tile's crop (111 = 6 x 16
+    + 15) is a guard on the lane, which made TVM store every tile of the row in part-register
+    pieces; vector_tails.py leaves it to the one tile whose last lane is past the row: no
+    vectorised loop keeps a lane guard, and every guarded store runs as whole vectors under the
+    last-lane test. (A row buffer on the stack, stored after the row, had avoided the guard at
+    the price of a pass: the stem 0.84x alone with tile stores, paired, one Zen 4 thread.)"""
     model = conv(3, 64, hw, k=3, stride=2, act="relu", pad=0)
-    assert _guarded_stores(model, (1, 3, hw, hw), WIDTHS[width]) == []
+    shape = (1, 3, hw, hw)
+    cropped = _guarded_stores(model, shape, WIDTHS[width])
+    guarded, tested = _vector_loops(_scheduled(model, shape, WIDTHS[width]))
+    assert guarded == []
+    assert set(cropped) <= set(tested), (cropped, tested)
+    if hw == 224:  # 111 outputs: no register width divides them
+        assert cropped, "the stem's row is computed rounded up and cropped"
 
 
 def _vector_loops(mod) -> tuple[list[str], list[str]]:
