@@ -115,7 +115,6 @@ def test_weight_transform_and_transforms_compute_the_convolution(m):
     np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
-
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("regular 3x3", "fire module"))])
 def test_direct_3x3_rule_matches_onnxruntime(case, width, tmp_path, monkeypatch):
@@ -157,7 +156,7 @@ def test_rewrite_takes_the_convolutions_that_pay(case):
     names = _kernels_after_fusion(model, (1, cin, hw, hw))
     assert any(n.startswith(WINOGRAD_INPUT) for n in names) == (m is not None), names
     assert any(n.startswith(WINOGRAD_OUTPUT) for n in names) == (m is not None), names
-    if m is not None:  # the GEMMs' input: (m + 2)^2 points of every input channel
+    if m is not None:  # and with the tile the case names
         mod = compiler.import_onnx(model, "x", (1, cin, hw, hw))
         call = next(b.value for b in mod["main"].body.blocks[0].bindings
                     if getattr(b.value, "op", None) is not None and b.value.op.name == "relax.nn.conv2d")
