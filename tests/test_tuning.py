@@ -43,6 +43,27 @@ def tuned(tmp_path_factory):
     return root, first
 
 
+def test_kernels_written_scheduled_are_no_tuning_task():
+    """SqueezeNet 1.1 at 64 px has Winograd transforms (written as scheduled TIR, Shuffle nodes
+    that MetaSchedule's FLOP estimate cannot read): none of them is a task, whatever their time,
+    and every task left is one the estimate reads."""
+    from edgecompile.backend import metaschedule as tt
+    from edgecompile.backend.cpu_schedules.tags import SCHEDULED_ATTR
+    from edgecompile.pipeline.build import final_graph
+    from edgecompile.pipeline.stages.export import INPUT_NAME
+
+    g = final_graph(BuildOptions(MODEL, "x86", input_size=SIZE))
+    target = tuning.tuning_target(get_target("x86"), 2, None)
+    prepared = tt.prepare(g.folded, INPUT_NAME, g.spec.input_shape, target)
+    scheduled = [f for f in prepared.mod.functions.values()
+                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and SCHEDULED_ATTR in f.attrs]
+    assert scheduled  # the control: the model has such kernels
+    tasks = tt.extract_tasks(prepared, target)
+    assert tasks and not any(t.name.startswith("winograd") for t in tasks)
+    for t in tasks:
+        tvm.s_tir.analysis.estimate_tir_flops(t.workload)
+
+
 def test_tiny_tuning_really_measures(tuned):
     root, r = tuned
     assert r.trials_run == TASKS * TRIALS

@@ -149,7 +149,10 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
     tvm = load_tvm()
     tasks = []
     for t in ms.relax_integration.extract_tasks(prepared.mod, target):
-        if t.mod.attrs is not None and t.mod.attrs.get(SCHEDULED_ATTR, False):
+        # Kernels written already scheduled (the Winograd transforms) are no tuning task: the
+        # attribute sits on the PrimFunc, and MetaSchedule's FLOP estimate cannot read their
+        # Shuffle nodes (a tuning run that picked one stopped with "no default for prim.Shuffle").
+        if any(_is_scheduled(f, SCHEDULED_ATTR) for f in [t.mod, *t.mod.functions.values()]):
             continue
         wl = t.dispatched[0]
         try:
@@ -158,6 +161,10 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
             flop = 0.0
         tasks.append(Task(t.task_name, int(t.weight), flop, t, wl))
     return tasks
+
+
+def _is_scheduled(node, attr: str) -> bool:
+    return node.attrs is not None and bool(node.attrs.get(attr, False))
 
 
 # ---------------------------------------------------------------------------------------------
