@@ -149,11 +149,9 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
     tvm = load_tvm()
     tasks = []
     for t in ms.relax_integration.extract_tasks(prepared.mod, target):
-        # Kernels written already scheduled (the Winograd transforms) are no tuning task: the
-        # attribute sits on the PrimFunc, and MetaSchedule's FLOP estimate cannot read their
-        # Shuffle nodes (a tuning run that picked one stopped with "no default for prim.Shuffle").
-        if any(_is_scheduled(f, SCHEDULED_ATTR) for f in [t.mod, *t.mod.functions.values()]):
-            continue
+        funcs = [t.mod, *t.mod.functions.values()]  # the flag is on the PrimFunc, not the module
+        if any(f.attrs is not None and f.attrs.get(SCHEDULED_ATTR, False) for f in funcs):
+            continue  # written scheduled (Winograd's transforms): their Shuffles stop the FLOP estimate
         wl = t.dispatched[0]
         try:
             flop = float(tvm.s_tir.analysis.estimate_tir_flops(wl))
@@ -161,10 +159,6 @@ def extract_tasks(prepared: Prepared, target) -> list[Task]:
             flop = 0.0
         tasks.append(Task(t.task_name, int(t.weight), flop, t, wl))
     return tasks
-
-
-def _is_scheduled(node, attr: str) -> bool:
-    return node.attrs is not None and bool(node.attrs.get(attr, False))
 
 
 # ---------------------------------------------------------------------------------------------
