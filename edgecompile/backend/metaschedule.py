@@ -143,14 +143,14 @@ class Task:
 
 
 def extract_tasks(prepared: Prepared, target) -> list[Task]:
-    from edgecompile.backend.cpu_schedules.tags import SCHEDULED_ATTR
+    from edgecompile.backend.cpu_schedules.tags import is_scheduled
 
     ms = ms_module()
     tvm = load_tvm()
     tasks = []
     for t in ms.relax_integration.extract_tasks(prepared.mod, target):
         funcs = [t.mod, *t.mod.functions.values()]  # the flag is on the PrimFunc, not the module
-        if any(f.attrs is not None and f.attrs.get(SCHEDULED_ATTR, False) for f in funcs):
+        if any(is_scheduled(f) for f in funcs):
             continue  # written scheduled (Winograd's transforms): their Shuffles stop the FLOP estimate
         wl = t.dispatched[0]
         try:

@@ -19,7 +19,7 @@ from .concat_split import keep_parts_unfused, split_concat
 from .legalize import make_legalize_map
 from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec, SeparablePool
 from .rules.common import SafeRule
-from .tags import SCHEDULED_ATTR
+from .tags import is_scheduled
 from .winograd import winograd_convs
 
 
@@ -124,5 +124,4 @@ def unscheduled_kernels(mod: tvm.ir.IRModule, target: Target) -> list[str]:
                                        + schedule_passes(target))(mod)
     return sorted(gv.name_hint for gv, f in mod.functions.items()
                   if isinstance(f, tvm.tirx.PrimFunc)
-                  and not (f.attrs is not None and SCHEDULED_ATTR in f.attrs
-                           and f.attrs[SCHEDULED_ATTR] == 1))
+                  and not is_scheduled(f))

@@ -20,3 +20,9 @@ WINOGRAD_OUTPUT = "winograd_output"
 SCHEDULED_ATTR = "tirx.is_scheduled"
 OP_PATTERN_ATTR = "op_pattern"
 OPAQUE = 8  # TVM's OpPatternKind kOpaque
+
+
+def is_scheduled(func) -> bool:
+    """True for a kernel (PrimFunc or a module holding one) that carries the scheduled flag."""
+    attrs = func.attrs
+    return attrs is not None and bool(attrs.get(SCHEDULED_ATTR, False))
