@@ -21,6 +21,7 @@ from tvm.sym import Analyzer
 from edgecompile.backend import compiler
 from edgecompile.backend.cpu_schedules import TIR_PIPELINE
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
+from edgecompile.backend.cpu_schedules.rules import conv as conv_rule
 
 pytestmark = pytest.mark.tvm
 
@@ -136,3 +137,43 @@ def test_stride2_depthwise_copies_its_plane_with_shuffles(width, vector_copy, mc
     strided, shuffles = _loads(_lowered(kernels, TIR_PIPELINE, target_dict))
     assert strided == 0
     assert (shuffles > 0) == vector_copy
+
+
+def _allocations(mod) -> dict[str, int]:
+    """Name -> flat extent of every buffer a lowered module allocates."""
+    found = {}
+
+    def on_alloc(node):
+        found[node.buffer.name] = int(np.prod([int(d) for d in node.buffer.shape]))
+
+    for func in mod.functions.values():
+        tvm_ffi.structural_walk(func, [(tirx.AllocBuffer, on_alloc)])
+    return found
+
+
+# (mcpu, lanes) x map: a padded row of 114 / 58 / 30 columns, rounded up where the rows are computed
+# in whole vectors, then split in two phases
+@pytest.mark.parametrize("mcpu, lanes", [("x86-64", 4), ("haswell", 8), ("skylake-avx512", 16)])
+@pytest.mark.parametrize("hw", [112, 56, 28])
+def test_stride2_plane_rows_start_on_whole_vectors(mcpu, lanes, hw, monkeypatch):
+    """Each phase row of a stride-2 depthwise's de-interleaved plane is padded to whole vectors
+    (conv._align_phase_rows: 57 floats become 64 at 8 or 16 lanes, 60 at 4), so the copy's
+    vector stores and the window's loads start on a vector: the plane grows, and its size
+    becomes a whole number of two-phase rows of whole vectors. The numerics at every width are
+    test_cpu_schedules.py's stride-2 cases."""
+    model = conv(24, 24, hw, k=3, stride=2, groups=24, act="relu6")
+    target_dict = {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
+    target = compiler.make_target(target_dict)
+
+    def plane_floats() -> int:
+        with target:
+            mod = tvm.transform.Sequential(schedule_passes(target))(
+                compiler.import_onnx(model, "x", (1, 24, hw, hw)))
+        kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)})
+        return _allocations(_lowered(kernels, TIR_PIPELINE, target_dict))["pad_temp"]
+
+    aligned = plane_floats()
+    monkeypatch.setattr(conv_rule, "_align_phase_rows", lambda *_: None)
+    packed = plane_floats()
+    assert aligned % (2 * lanes) == 0 and packed % (2 * lanes) != 0, (aligned, packed)
+    assert packed < aligned < 2 * packed

@@ -244,6 +244,7 @@ class Conv2DNCHW(CpuRule):
                 # The padded plane of this channel (a band of its rows where the whole plane
                 # would spill L1), built inside the parallel loop.
                 _deinterleave(sch, pad, stride_w)
+                _align_phase_rows(sch, pad, stride_w, lanes)
                 parts = _row_parts(sch, pad, stride_w, lanes)
                 if parts is not None:
                     # Iterate the plane as [.., phase, column of the phase]: a loop of its own
@@ -347,6 +348,14 @@ def _deinterleave(sch: s_tir.Schedule, pad, stride: int) -> None:
     sch.transform_layout(pad, ("write", 0), lambda n, c, h, w: (n, c, h, w % stride, w // stride))
 
 
+def _align_phase_rows(sch: s_tir.Schedule, block, stride: int, lanes: int) -> None:
+    """Start each phase row of a de-interleaved plane (written by ``block``) on a whole vector. Alone,
+    one Zen 4 thread: stride-2 depthwise on 14 x 14 maps 1.65-1.7x faster (576 @14 27.1 -> 16.4 us,
+    1280 59.8 -> 35.5), 96 @112 ~7%, 28 and 56 maps +-4% (noise), stems unchanged."""
+    if stride > 1 and len(sch.get(block).writes[0].source.shape) == 5:
+        sch.storage_align(block, 0, 3, lanes, 0)
+
+
 def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
                          may_partition: bool = False) -> bool:
     """Build the de-interleaved plane as a fill (zero; -inf for max pooling) plus a copy
@@ -373,6 +382,7 @@ def _vector_deinterleave(sch: s_tir.Schedule, pad, stride: int, lanes: int,
         fill = sch.decompose_padding(pad, loops[-2])
     except Exception:  # noqa: BLE001 - no padding to fill (a plain de-interleaving copy)
         fill = None
+    _align_phase_rows(sch, fill if fill is not None else pad, stride, lanes)  # the plane's first writer
     for b in (fill, pad) if fill is not None else (pad,):
         w = sch.get_loops(b)[-1]
         j, q = sch.split(w, factors=[None, stride])
