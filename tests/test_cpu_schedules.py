@@ -25,11 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecompile.backend import compiler, runtime
 from edgecompile.backend.cpu_schedules import winograd
 from edgecompile.backend.cpu_schedules.pipeline import schedule_passes
-from edgecompile.backend.cpu_schedules.rules.conv import (
-    PLANE_BAND_BYTES,
-    SUPERBLOCK_INPUT_BYTES,
-    _pixel_superblock,
-)
+from edgecompile.backend.cpu_schedules.rules.conv import SUPERBLOCK_INPUT_BYTES, _pixel_superblock
+from edgecompile.backend.cpu_schedules.rules.planes import PLANE_BAND_BYTES
 from edgecompile.backend.cpu_schedules.tags import CONCAT_PART_SUFFIX
 from edgecompile.pipeline import ort
 from edgecompile.pipeline.stages.compile import compile_onnx
@@ -268,7 +265,7 @@ def test_pixel_superblock_divides_the_tiles_and_keeps_its_input_near_l1(blocks, 
 # (channels, map, stride, bands): the de-interleaved plane of 96 @112 s2 is 114 x 114 floats
 def _pad_blocks(sch):
     """The blocks that build a window's padded plane: (the one under its loops, one that writes
-    it) -- `pad_temp` for both, or where the plane row is built in parts (conv._copy_row_parts),
+    it) -- `pad_temp` for both, or where the plane row is built in parts (planes.copy_row_parts),
     the block holding the parts and the middle part."""
     try:
         pad = sch.get_sblock("pad_temp")
@@ -282,7 +279,7 @@ def _pad_blocks(sch):
 @pytest.mark.parametrize("c, hw, stride, bands", [(96, 112, 2, 4), (32, 112, 1, 4), (144, 56, 2, 1)])
 def test_window_plane_is_built_in_bands_that_stay_in_l1(c, hw, stride, bands):
     """A depthwise window builds its padded input plane per channel; one over PLANE_BAND_BYTES
-    is built band by band inside the channel loop (conv._plane_band), each band's input rows
+    is built band by band inside the channel loop (planes.plane_band), each band's input rows
     within the budget."""
     target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})
     mod = compiler.import_onnx(conv(c, c, hw, k=3, stride=stride, groups=c), "x", (1, c, hw, hw))
@@ -343,7 +340,7 @@ def test_reduction_runs_several_outputs_side_by_side(c, hw, chains):
                                                 (576, 14, True)])
 def test_strided_window_plane_is_written_once(c, hw, whole_fill):
     """A strided window's de-interleaved plane is built row by row in parts (border, input's
-    columns, border: conv._copy_row_parts), each element written once, where the input's part
+    columns, border: planes.copy_row_parts), each element written once, where the input's part
     of a row holds a whole register; shorter rows keep the zero fill of the whole plane before
     the copy (decompose_padding's `pad_temp_pad_const` block)."""
     target = compiler.make_target({"kind": "llvm", "mcpu": WIDTHS["avx512-16"], "num-cores": 2})

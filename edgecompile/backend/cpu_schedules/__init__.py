@@ -14,7 +14,8 @@ a CPU name, so x86 (AVX2, AVX-512) and arm64 (NEON) get the same rules:
   schedule;
 - rules/: one dlight-style rule per kernel class (PointwiseFVec, DepthwiseFlat, Conv2DNCHW for
   regular / grouped / depthwise / pooling windows, Dense, SeparablePool, Fallback for everything
-  else); a rule that fails on a kernel declines (SafeRule) and the next one tries;
+  else); a rule that fails on a kernel declines (SafeRule) and the next one tries; rules/planes.py
+  builds a window's padded input plane (bands, the stride-2 de-interleaved layout, the copy);
 - pipeline.py: TVM's CPU passes with the above, ``unscheduled_kernels`` for tests, and
   ``schedule_variants``: a kernel under each combination of the choices the rules' cost models
   ranked (knobs.py), which `tune --search rules` times;

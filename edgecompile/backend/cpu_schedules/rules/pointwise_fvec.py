@@ -21,7 +21,8 @@ from .common import (
     sole_reduction,
     split_vector,
 )
-from .conv import _pick_mr, _schedule_pad_stage
+from .conv import _pick_mr
+from .planes import schedule_pad_stage
 
 # Bytes of one K chunk of a tile's weights that should stay in L1 (most L1D are 32-48 KB).
 L1_WEIGHT_BYTES = 24 * 1024
@@ -216,7 +217,7 @@ class PointwiseFVec(CpuRule):
         # latency at 2 threads (the commit that removed it has the figures).
         for blk in pads:
             # Padding: its own parallel pass (inlined, every broadcast would carry a bounds test).
-            _schedule_pad_stage(sch, blk, info.lanes, 1, info.cores)
+            schedule_pad_stage(sch, blk, info.lanes, 1, info.cores)
         last = accumulate_locally(sch, blocks, conv)
         # Accumulator as [n, p, f]: one register = b consecutive channels of one position.
         sch.transform_layout(conv, ("write", 0), lambda nn, ff, yy, xx: (nn, yy * w + xx, ff))
