@@ -48,7 +48,7 @@ def test_kernels_written_scheduled_are_no_tuning_task():
     that MetaSchedule's FLOP estimate cannot read): none of them is a task, whatever their time,
     and every task left is one the estimate reads."""
     from edgecompile.backend import metaschedule as tt
-    from edgecompile.backend.cpu_schedules.tags import SCHEDULED_ATTR
+    from edgecompile.backend.cpu_schedules.tags import is_scheduled
     from edgecompile.pipeline.build import final_graph
     from edgecompile.pipeline.stages.export import INPUT_NAME
 
@@ -56,7 +56,7 @@ def test_kernels_written_scheduled_are_no_tuning_task():
     target = tuning.tuning_target(get_target("x86"), 2, None)
     prepared = tt.prepare(g.folded, INPUT_NAME, g.spec.input_shape, target)
     scheduled = [f for f in prepared.mod.functions.values()
-                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and SCHEDULED_ATTR in f.attrs]
+                 if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f)]
     assert scheduled  # the control: the model has such kernels
     tasks = tt.extract_tasks(prepared, target)
     assert tasks and not any(t.name.startswith("winograd") for t in tasks)
