@@ -16,7 +16,7 @@ from edgecompile.backend import peak as kernels
 from edgecompile.devices.services import start_native_server
 from edgecompile.devices.spec import DeviceSpec
 from edgecompile.errors import EdgeCompileError
-from edgecompile.measure.peak import PeakOptions, run_peak
+from edgecompile.measure.peak import PeakOptions, format_peak, run_peak
 
 pytestmark = pytest.mark.tvm
 
@@ -32,6 +32,9 @@ def test_peak_here_then_cached(cache, tmp_path):
     r = run_peak(PeakOptions("x86", threads=1, runs=3), stream=log, results=tmp_path / "r.jsonl")
     assert r["kind"] == "peak" and r["threads"] == 1 and r["target"] == "x86"
     assert 0.5 < r["compute_gflops"] < 5000 and 0.1 < r["bandwidth_gbps"] < 5000
+    # One thread: the pool runs the parallel loop inline, so the pair differs by noise only.
+    assert abs(r["fork_join_us"]) < 5 and "parallel loop" in r["fork_join_kernel"]
+    assert "fork-join" in format_peak(r)
     assert "building and timing the compute kernel" in log.getvalue()
     assert json.loads((tmp_path / "r.jsonl").read_text()) == r
     # Cached: the same record back, nothing built or timed.
@@ -50,6 +53,19 @@ def test_peak_here_then_cached(cache, tmp_path):
 def test_the_kernels_are_the_work_they_claim():
     assert kernels.compute_flops() == 2 * 1024 * 1024 * 14 * 14
     assert kernels.stream_bytes() == 2 * 4 * (1 << 23)
+
+
+def test_the_fork_join_pair_differs_only_in_the_parallel_loop():
+    """The two chains behind fork_join_us: LAUNCH_CALLS calls of one kernel each, the kernel
+    the same but for its outer loop, parallel in one and serial in the other."""
+    mods = {k: kernels._module(k) for k in ("launch", "launch_serial")}
+    for kind, mod in mods.items():
+        step = mod["step"]
+        assert step.attrs["tirx.is_scheduled"], "our rules must leave the hand-written loop alone"
+        assert mod["main"].script().count("R.call_tir(step,") == kernels.LAUNCH_CALLS
+        assert ("T.parallel(" in step.script()) == (kind == "launch")
+    assert mods["launch"]["step"].script().replace("T.parallel(", "range(") == \
+        mods["launch_serial"]["step"].script()
 
 
 @pytest.mark.rpc

@@ -7,7 +7,11 @@ device's own target, so they measure what *this compiler* can get out of that de
   512 KB blocked for the kernel at build time): a GEMM in all but name, register-blocked by the
   channel-vector rule, the best-case kernel every model's pointwise layers use;
 - bandwidth: y = 2 x + 1 over 2^23 floats (32 MiB in, 32 MiB out: past any last-level cache),
-  STREAM's "scale", the vectorised parallel loop every elementwise kernel gets.
+  STREAM's "scale", the vectorised parallel loop every elementwise kernel gets;
+- fork-join: what the runtime's thread pool costs each parallel kernel, a floor under every
+  layer whatever its schedule (a MobileNet launches 50-80 of them an inference): a chain of
+  LAUNCH_CALLS kernels that each add 1 to LAUNCH_FLOATS floats in a parallel loop, timed against
+  the same chain with the loop serial; the difference per call is the fork-join.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from edgecompile.backend.core import load_tvm
 INPUT = "x"
 COMPUTE_CHANNELS, COMPUTE_MAP = 1024, 14
 STREAM_FLOATS = 1 << 23
+LAUNCH_CALLS, LAUNCH_TASKS, LAUNCH_FLOATS = 64, 16, 1024
+KINDS = ("compute", "bandwidth", "launch", "launch_serial")
 
 
 def compute_flops() -> float:
@@ -33,7 +39,38 @@ def stream_bytes() -> float:
 
 
 def input_shape(kind: str) -> tuple[int, ...]:
-    return (1, COMPUTE_CHANNELS, COMPUTE_MAP, COMPUTE_MAP) if kind == "compute" else (STREAM_FLOATS,)
+    if kind == "compute":
+        return (1, COMPUTE_CHANNELS, COMPUTE_MAP, COMPUTE_MAP)
+    return (LAUNCH_FLOATS,) if kind.startswith("launch") else (STREAM_FLOATS,)
+
+
+def _step_kernel(parallel: bool):
+    """y = x + 1 over LAUNCH_FLOATS, its outer loop parallel or serial: hand-scheduled (our rules
+    would not split so little work between cores) and opaque (never fused with the next call)."""
+    from tvm.script import tirx as T
+
+    from edgecompile.backend.cpu_schedules.tags import OP_PATTERN_ATTR, OPAQUE, SCHEDULED_ATTR
+
+    per = LAUNCH_FLOATS // LAUNCH_TASKS
+
+    @T.prim_func(private=True, s_tir=True)
+    def step_parallel(x: T.Buffer((LAUNCH_FLOATS,), "float32"), y: T.Buffer((LAUNCH_FLOATS,), "float32")):
+        for t in T.parallel(LAUNCH_TASKS):
+            for i in T.vectorized(per):
+                with T.sblock("step"):
+                    vt, vi = T.axis.remap("SS", [t, i])
+                    y[vt * per + vi] = x[vt * per + vi] + T.float32(1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def step_serial(x: T.Buffer((LAUNCH_FLOATS,), "float32"), y: T.Buffer((LAUNCH_FLOATS,), "float32")):
+        for t in range(LAUNCH_TASKS):
+            for i in T.vectorized(per):
+                with T.sblock("step"):
+                    vt, vi = T.axis.remap("SS", [t, i])
+                    y[vt * per + vi] = x[vt * per + vi] + T.float32(1)
+
+    func = step_parallel if parallel else step_serial
+    return func.with_attrs({"tirx.noalias": True, SCHEDULED_ATTR: True, OP_PATTERN_ATTR: OPAQUE})
 
 
 def _module(kind: str):
@@ -42,9 +79,14 @@ def _module(kind: str):
 
     bb = relax.BlockBuilder()
     x = relax.Var(INPUT, relax.TensorType(list(input_shape(kind)), "float32"))
+    step = bb.add_func(_step_kernel(kind == "launch"), "step") if kind.startswith("launch") else None
     with bb.function("main", [x]):
         with bb.dataflow():
-            if kind == "compute":
+            if step is not None:
+                y = x
+                for _ in range(LAUNCH_CALLS):
+                    y = bb.emit(relax.call_tir(step, [y], relax.TensorType([LAUNCH_FLOATS], "float32")))
+            elif kind == "compute":
                 rng = np.random.default_rng(0)
                 w = rng.uniform(-0.05, 0.05, (COMPUTE_CHANNELS, COMPUTE_CHANNELS, 1, 1)).astype("float32")
                 y = bb.emit(relax.op.nn.conv2d(x, relax.const(w)))
@@ -58,8 +100,8 @@ def _module(kind: str):
 
 def build_peak_library(kind: str, target: dict, host: dict | None, out: Path,
                        cross_compiler: str | None = None) -> Path:
-    """The ``kind`` ("compute" or "bandwidth") kernel compiled for the target, as a library
-    loadable like an artifact's (one input named ``INPUT``)."""
+    """The ``kind`` (one of KINDS) kernel compiled for the target, as a library loadable like an
+    artifact's (one input named ``INPUT``)."""
     executable = compiler.compile_module(_module(kind), compiler.make_target(target, host))
     compiler.export_library(executable, out, cross_compiler)
     return out
