@@ -32,6 +32,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from . import winograd_tir
+from .graph_chains import bias_vector, scan
 from .legalize import _const_array
 from .tags import WINOGRAD_INPUT, WINOGRAD_OUTPUT
 from .target_info import cpu_info
@@ -91,41 +92,10 @@ def tile_size(call: relax.Call, wnp: np.ndarray | None) -> int | None:
     return None
 
 
-def _bias_vector(expr: relax.Expr, k: int) -> np.ndarray | None:
-    """A constant that adds one value per output channel ([K, 1, 1], [1, K, 1, 1])."""
-    b = _const_array(expr)
-    if b is None or b.ndim not in (3, 4) or b.size != k or b.shape[-3] != k or str(b.dtype) != "float32":
-        return None  # a [K] bias would broadcast along the rows' columns, not the channels
-    return np.ascontiguousarray(b.reshape(k))
-
-
-def _scan(func: relax.Function) -> tuple[dict, dict]:
-    """Each bound var's value, and each var's single reader (only vars read exactly once)."""
-    bound: dict[relax.Var, relax.Expr] = {}
-    uses: dict[relax.Var, int] = {}
-
-    @relax.expr_functor.visitor
-    class _Scan(relax.PyExprVisitor):
-        def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
-            bound[binding.var] = binding.value
-            super().visit_var_binding_(binding)
-
-        def visit_var_(self, var) -> None:  # noqa: N802
-            uses[var] = uses.get(var, 0) + 1
-
-        def visit_dataflow_var_(self, var) -> None:  # noqa: N802
-            uses[var] = uses.get(var, 0) + 1
-
-    _Scan().visit_expr(func)
-    reader = {arg: var for var, value in bound.items() if isinstance(value, relax.Call)
-              for arg in value.args if isinstance(arg, relax.Var) and uses.get(arg) == 1}
-    return bound, reader
-
-
 def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
     """Each conv that the rewrite takes, by the var its chain ends at: (conv call, bias [K],
     ReLU or not, the chain's vars before the end, which the rewrite drops)."""
-    bound, reader = _scan(func)
+    bound, reader = scan(func)
 
     def call_of(var, op):
         value = bound.get(var)
@@ -140,7 +110,7 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
         k = int(conv.ty.shape[1])
         end, bias, relu, dropped = var, np.zeros(k, np.float32), False, []
         add = call_of(reader.get(end), _ADD)
-        b = _bias_vector(add.args[1], k) if add is not None and add.args[0].same_as(end) else None
+        b = bias_vector(add.args[1], k) if add is not None and add.args[0].same_as(end) else None
         if b is not None:
             dropped.append(end)
             end, bias = reader[end], b
