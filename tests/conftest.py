@@ -83,3 +83,12 @@ def pocl_cache(tmp_path_factory):
         os.environ.pop("POCL_CACHE_DIR", None)
     else:
         os.environ["POCL_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def rules_for_stride2_depthwise(monkeypatch):
+    """Stride-2 depthwise convolutions left to the rules' window kernel (its de-interleaved
+    plane), as on the maps the depthwise_s2 rewrite does not take: that kernel's own tests."""
+    from edgecompile.backend.cpu_schedules import depthwise_s2
+
+    monkeypatch.setattr(depthwise_s2, "applies", lambda *_: False)

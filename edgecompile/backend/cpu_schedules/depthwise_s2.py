@@ -1,0 +1,138 @@
+"""Graph rewrite: a 3x3 stride-2 depthwise convolution -> depthwise_s2_tir's kernel.
+
+clamp?(add?(conv2d(x, W), bias)) -> one call of the kernel, the bias and the clamp in its stores
+(a ReLU, or ONNX's Clip -- ReLU6 -- which the importer emits as `maximum` and `minimum` kernels
+of a constant). Where: groups = channels, 3x3, stride 2, padding 1, dilation 1, batch 1,
+float32, constant weights, an even map whose output rows are at least min(lanes, 14) wide.
+
+Alone, one Zen 4 thread, the rules' window kernel (de-interleaved plane) -> this one: 192 @56
+116 -> 59 us, 96 @112 167-184 -> 114, 288 @28 57 -> 31, 144 @48 61 -> 44, 192 @40 57 -> 42,
+96 @80 98 -> 61, 32 @32 6.3 -> 3.0; narrower output rows stay with the rules, which were as
+fast or faster there (288 @20 20.6 vs 21.7, 64 @18 4.0 vs 4.8, 32 @16 1.3 vs 1.5, 576 @14
+15.9 vs 23.5: chunks of 8 or 4 lanes on a 16-lane machine, or mostly overlapping).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import Op
+
+from .depthwise_s2_tir import depthwise_s2
+from .graph_chains import CALL_TIR, bias_vector, scalar, scan
+from .legalize import _const_array
+from .tags import DEPTHWISE_S2
+from .target_info import cpu_info
+
+_CONV = Op.get("relax.nn.conv2d")
+_ADD = Op.get("relax.add")
+_RELU = Op.get("relax.nn.relu")
+
+# Output row width from which the kernel is taken, as min(lanes, MIN_OUT_WIDTH) (see above).
+MIN_OUT_WIDTH = 14
+
+
+def applies(conv: relax.Call, wnp: np.ndarray | None, lanes: int) -> bool:
+    a = conv.attrs
+    shape = getattr(conv.args[0].ty, "shape", None)
+    if wnp is None or shape is None or len(shape) != 4 or wnp.ndim != 4:
+        return False
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return False
+    n, c, h, w = (int(d) for d in shape)
+    return (n == 1 and wnp.shape == (c, 1, 3, 3) and int(a.groups) == c
+            and [int(v) for v in a.strides] == [2, 2] and [int(v) for v in a.dilation] == [1, 1]
+            and [int(v) for v in a.padding] == [1, 1, 1, 1]
+            and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
+            and str(conv.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
+            and a.out_dtype in ("", None, "float32")
+            and h % 2 == 0 and w % 2 == 0 and w // 2 >= min(lanes, MIN_OUT_WIDTH))
+
+
+def _clamp_of(value, end) -> tuple[str, float] | None:
+    """("lo", v) / ("hi", v) where ``value`` is max(end, v) / min(end, v) of a float constant v:
+    a ReLU (relax.nn.relu), or half of an ONNX Clip, imported as `maximum` / `minimum` kernels."""
+    if not isinstance(value, relax.Call):
+        return None
+    if value.op.same_as(_RELU) and value.args[0].same_as(end):
+        return ("lo", 0.0)
+    if not value.op.same_as(CALL_TIR) or not isinstance(value.args[1], relax.Tuple):
+        return None
+    name = value.args[0].name_hint
+    args = value.args[1].fields
+    if len(args) != 2 or not args[0].same_as(end) or scalar(args[1]) is None:
+        return None
+    for prefix, side in (("maximum", "lo"), ("minimum", "hi")):
+        if name == prefix or (name.startswith(prefix) and name[len(prefix):].isdigit()):
+            return (side, scalar(args[1]))
+    return None
+
+
+def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
+    """Each convolution the rewrite takes, by the var its chain ends at: (conv call, bias [C],
+    lo, hi, the chain's vars before the end, which the rewrite drops)."""
+    bound, reader = scan(func)
+    chains = {}
+    for var, conv in bound.items():
+        if not (isinstance(conv, relax.Call) and conv.op.same_as(_CONV)) \
+                or not applies(conv, _const_array(conv.args[1]), lanes):
+            continue
+        c = int(conv.ty.shape[1])
+        end, bias, clamp, dropped = var, np.zeros(c, np.float32), {}, []
+        add = bound.get(reader.get(end))
+        b = bias_vector(add.args[1], c) if isinstance(add, relax.Call) and add.op.same_as(_ADD) \
+            and add.args[0].same_as(end) else None
+        if b is not None:
+            dropped.append(end)
+            end, bias = reader[end], b
+        while (step := _clamp_of(bound.get(reader.get(end)), end)) is not None and step[0] not in clamp:
+            dropped.append(end)
+            end, clamp[step[0]] = reader[end], step[1]
+        chains[end] = (conv, bias, clamp.get("lo"), clamp.get("hi"), dropped)
+    return chains
+
+
+@relax.expr_functor.mutator
+class _DepthwiseS2(relax.PyExprMutator):
+    def __init__(self, mod, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.chains: dict = {}
+        self.dropped: set = set()
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        self.chains = _chains(func, self.lanes)
+        self.dropped = {v for (*_, dropped) in self.chains.values() for v in dropped}
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
+        if binding.var in self.dropped:
+            return
+        if binding.var not in self.chains:
+            super().visit_var_binding_(binding)
+            return
+        conv, bias, lo, hi, _ = self.chains[binding.var]
+        x = self.visit_expr(conv.args[0])
+        wnp = _const_array(conv.args[1])
+        _, c, h, w = (int(d) for d in x.ty.shape)
+        kernel = self.builder_.add_func(depthwise_s2(c, h, w, self.lanes, lo, hi), DEPTHWISE_S2)
+        taps = relax.const(np.ascontiguousarray(wnp.reshape(c, 9)))
+        out = relax.TensorType([1, c, h // 2, w // 2], "float32")
+        y = relax.call_tir(kernel, [x, taps, relax.const(bias)], out)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(y)))
+
+
+def depthwise_s2_convs(target):
+    """The rewrite as a module pass (before legalisation, after the constants are folded: the
+    Clip's bounds are constants then)."""
+    lanes = cpu_info(target).lanes
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgeDepthwiseS2")
+    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        mutator = _DepthwiseS2(mod, lanes)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.rewrite(func))
+        return mutator.builder_.get()
+
+    return _pass
