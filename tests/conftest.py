@@ -86,9 +86,10 @@ def pocl_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def rules_for_stride2_depthwise(monkeypatch):
-    """Stride-2 depthwise convolutions left to the rules' window kernel (its de-interleaved
-    plane), as on the maps the depthwise_s2 rewrite does not take: that kernel's own tests."""
-    from edgecompile.backend.cpu_schedules import depthwise_s2
+def rules_for_depthwise_3x3(monkeypatch):
+    """3x3 depthwise convolutions left to the rules' window kernel (its padded plane,
+    de-interleaved at stride 2), as on the maps the depthwise_3x3 rewrite does not take: that
+    kernel's own tests."""
+    from edgecompile.backend.cpu_schedules import depthwise_3x3
 
-    monkeypatch.setattr(depthwise_s2, "applies", lambda *_: False)
+    monkeypatch.setattr(depthwise_3x3, "applies", lambda *_: False)

@@ -276,7 +276,7 @@ def _pad_blocks(sch):
 
 # (52 KB): 4 bands of 14 output rows (29 input rows, 13 KB); 32 @112 s1 (114 rows of 128, 58 KB):
 # 4 bands of 28 (30 rows, 15 KB); 144 @56 s2 fits whole (58 x 58, 13 KB)
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
 @pytest.mark.parametrize("c, hw, stride, bands", [(96, 112, 2, 4), (32, 112, 1, 4), (144, 56, 2, 1)])
 def test_window_plane_is_built_in_bands_that_stay_in_l1(c, hw, stride, bands):
     """A depthwise window builds its padded input plane per channel; one over PLANE_BAND_BYTES
@@ -337,7 +337,7 @@ def test_reduction_runs_several_outputs_side_by_side(c, hw, chains):
     assert [int(lp.extent) for lp in loops[-3:-1]] == [hw, hw]  # the reduction, outside the chains
 
 
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
 @pytest.mark.parametrize("c, hw, whole_fill", [(192, 56, False), (96, 112, False), (64, 56, False),
                                                 (576, 14, True)])
 def test_strided_window_plane_is_written_once(c, hw, whole_fill):
@@ -409,7 +409,7 @@ def _llvm_pieces(width: int, lanes: int) -> int:
     return width // lanes + bin(width % lanes).count("1")
 
 
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
 @pytest.mark.parametrize("case, window_too", [
     ("depthwise 3x3 s2 96 @112 (de-interleaved by vector loads and shuffles)", True),  # 56 = 7 x 8
     ("depthwise 3x3 s1 58 @7", True),  # rounded up to one 8-lane vector

@@ -118,7 +118,7 @@ def test_any_lane_count_and_stride_keeps_the_values_and_reads_only_the_span(lane
     np.testing.assert_array_equal(b.numpy(), want)
 
 
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
 @pytest.mark.parametrize("mcpu", ["x86-64", "haswell", "skylake-avx512"])  # 4, 8, 16 lanes
 @pytest.mark.parametrize("width, vector_copy", [(56, True), (112, True), (15, False)])
 def test_stride2_depthwise_copies_its_plane_with_shuffles(width, vector_copy, mcpu):
@@ -154,7 +154,7 @@ def _allocations(mod) -> dict[str, int]:
 
 # (mcpu, lanes) x map: a padded row of 114 / 58 / 30 columns, rounded up where the rows are computed
 # in whole vectors, then split in two phases
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
 @pytest.mark.parametrize("mcpu, lanes", [("x86-64", 4), ("haswell", 8), ("skylake-avx512", 16)])
 @pytest.mark.parametrize("hw", [112, 56, 28])
 def test_stride2_plane_rows_start_on_whole_vectors(mcpu, lanes, hw, monkeypatch):

@@ -20,6 +20,7 @@ from edgecompile.backend.core import load_tvm
 from edgecompile.backend.cpu_schedules.tags import (
     CONCAT_PART_SUFFIX,
     CONV_TAG,
+    DEPTHWISE_S1,
     DEPTHWISE_S2,
     DW_FLAT_TAG,
     POOL_COLS_TAG,
@@ -120,8 +121,8 @@ def classify(func, name: str = "") -> str:
     (reduction) block."""
     if name.startswith((WINOGRAD_INPUT, WINOGRAD_OUTPUT)):
         return "winograd"  # a Winograd conv's transforms (its GEMMs are a grouped conv)
-    if name.startswith(DEPTHWISE_S2):
-        return "depthwise"  # written by hand (depthwise_s2_tir.py): no blocks to tell it by
+    if name.startswith((DEPTHWISE_S1, DEPTHWISE_S2)):
+        return "depthwise"  # written by hand (depthwise_tir.py): no blocks to tell it by
     tvm = load_tvm()
     blocks: list[Any] = []
     tvm_ffi.structural_walk(func.body, (tvm.s_tir.SBlock, blocks.append), order="post")
@@ -189,9 +190,9 @@ def _iterations(block) -> int:
 
 
 def _flops(func, name: str = "") -> float:
-    if name.startswith(DEPTHWISE_S2):
+    if name.startswith((DEPTHWISE_S1, DEPTHWISE_S2)):
         # Hand-written loops over vector shuffles: TVM's estimate finds no blocks to count. A
-        # multiply and an add per tap, 9 taps per output ([1, C, H/2, W/2], the last argument).
+        # multiply and an add per tap, 9 taps per output (the last argument).
         return 18.0 * float(np.prod([int(d) for d in func.params[-1].shape]))
     tvm = load_tvm()
     try:

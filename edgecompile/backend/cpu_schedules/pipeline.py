@@ -16,7 +16,7 @@ from tvm.target import Target
 
 from . import knobs
 from .concat_split import keep_parts_unfused, split_concat
-from .depthwise_s2 import depthwise_s2_convs
+from .depthwise_3x3 import depthwise_3x3_convs
 from .legalize import make_legalize_map
 from .rules import Conv2DNCHW, Dense, DepthwiseFlat, Fallback, PointwiseFVec, SeparablePool
 from .rules.common import SafeRule
@@ -40,7 +40,7 @@ def fuse_passes(target: Target) -> list:
         # the constant it re-blocks (legalize.py, _dense).
         relax.transform.FoldConstant(),
         winograd_convs(target),
-        depthwise_s2_convs(target),
+        depthwise_3x3_convs(target),
         relax.transform.LegalizeOps(customize_legalize_map=make_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         keep_parts_unfused(),

@@ -15,8 +15,9 @@ POOL_COLS_TAG = "edge_pool_cols"  # and over the window's columns of that
 # The transforms of a Winograd convolution (winograd.py): their kernels' function names.
 WINOGRAD_INPUT = "winograd_input"
 WINOGRAD_OUTPUT = "winograd_output"
-# A stride-2 depthwise conv written as vector TIR (depthwise_s2.py): its kernels' function name.
-DEPTHWISE_S2 = "depthwise_s2"
+# 3x3 depthwise convs written as vector TIR (depthwise_3x3.py): their kernels' function names.
+DEPTHWISE_S1 = "depthwise_s1_rows"
+DEPTHWISE_S2 = "depthwise_s2_rows"
 # Kernel function attributes: dlight's ApplyDefaultSchedule marks a scheduled kernel (and skips
 # one so marked); FuseOps reads a kernel's op pattern and fuses nothing into or with an opaque one.
 SCHEDULED_ATTR = "tirx.is_scheduled"

@@ -1,11 +1,13 @@
-"""Graph rewrite: a 3x3 stride-2 depthwise convolution -> depthwise_s2_tir's kernel.
+"""Graph rewrite: a 3x3 depthwise convolution, stride 2 or 1 -> depthwise_tir's kernels.
 
-clamp?(add?(conv2d(x, W), bias)) -> one call of the kernel, the bias and the clamp in its stores
-(a ReLU, or ONNX's Clip -- ReLU6 -- which the importer emits as `maximum` and `minimum` kernels
-of a constant). Where: groups = channels, 3x3, stride 2, padding 1, dilation 1, batch 1,
-float32, constant weights, an even map whose output rows are at least min(lanes, 14) wide.
+clamp?(add?(add?(conv2d(x, W), bias), residual)) -> one call of the kernel, the bias, a
+residual add (stride 1) and the clamp in its stores (a ReLU, or ONNX's Clip -- ReLU6 -- which
+the importer emits as `maximum` and `minimum` kernels of a constant). Where: groups =
+channels, 3x3, padding 1, dilation 1, batch 1, float32, constant weights, output rows at
+least min(lanes, 14) wide; stride 2 on an even map, stride 1 on at least 2 rows. (7x7 maps keep
+the rules' kernel along the flattened map.)
 
-Alone, one Zen 4 thread, the rules' window kernel (de-interleaved plane) -> this one: 192 @56
+Stride 2, alone, one Zen 4 thread, the rules' window kernel (de-interleaved plane) -> this one: 192 @56
 116 -> 59 us, 96 @112 167-184 -> 114, 288 @28 57 -> 31, 144 @48 61 -> 44, 192 @40 57 -> 42,
 96 @80 98 -> 61, 32 @32 6.3 -> 3.0; narrower output rows stay with the rules, which were as
 fast or faster there (288 @20 20.6 vs 21.7, 64 @18 4.0 vs 4.8, 32 @16 1.3 vs 1.5, 576 @14
@@ -18,10 +20,10 @@ import tvm
 from tvm import relax
 from tvm.ir import Op
 
-from .depthwise_s2_tir import depthwise_s2
+from .depthwise_tir import depthwise_s1, depthwise_s2
 from .graph_chains import CALL_TIR, bias_vector, scalar, scan
 from .legalize import _const_array
-from .tags import DEPTHWISE_S2
+from .tags import DEPTHWISE_S1, DEPTHWISE_S2
 from .target_info import cpu_info
 
 _CONV = Op.get("relax.nn.conv2d")
@@ -40,13 +42,32 @@ def applies(conv: relax.Call, wnp: np.ndarray | None, lanes: int) -> bool:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
         return False
     n, c, h, w = (int(d) for d in shape)
+    stride = [int(v) for v in a.strides]
+    if stride not in ([1, 1], [2, 2]):
+        return False
+    s = stride[0]
+    fits = (h % 2 == 0 and w % 2 == 0) if s == 2 else h >= 2
     return (n == 1 and wnp.shape == (c, 1, 3, 3) and int(a.groups) == c
-            and [int(v) for v in a.strides] == [2, 2] and [int(v) for v in a.dilation] == [1, 1]
-            and [int(v) for v in a.padding] == [1, 1, 1, 1]
+            and [int(v) for v in a.dilation] == [1, 1] and [int(v) for v in a.padding] == [1, 1, 1, 1]
             and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
             and str(conv.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
             and a.out_dtype in ("", None, "float32")
-            and h % 2 == 0 and w % 2 == 0 and w // 2 >= min(lanes, MIN_OUT_WIDTH))
+            and fits and w // s >= min(lanes, MIN_OUT_WIDTH))
+
+
+def _residual_of(value, end) -> relax.Var | None:
+    """The other operand where ``value`` adds a tensor of ``end``'s shape to it (a block's
+    shortcut), not a constant."""
+    if not (isinstance(value, relax.Call) and value.op.same_as(_ADD)):
+        return None
+    a, b = value.args
+    other = b if a.same_as(end) else a if b.same_as(end) else None
+    if not isinstance(other, relax.Var) or other.same_as(end):
+        return None
+    shape, want = getattr(other.ty, "shape", None), end.ty.shape
+    if shape is None or len(shape) != len(want) or str(other.ty.dtype) != "float32":
+        return None
+    return other if all(int(p) == int(q) for p, q in zip(shape, want, strict=True)) else None
 
 
 def _clamp_of(value, end) -> tuple[str, float] | None:
@@ -70,7 +91,7 @@ def _clamp_of(value, end) -> tuple[str, float] | None:
 
 def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
     """Each convolution the rewrite takes, by the var its chain ends at: (conv call, bias [C],
-    lo, hi, the chain's vars before the end, which the rewrite drops)."""
+    residual var or None, lo, hi, the chain's vars before the end, which the rewrite drops)."""
     bound, reader = scan(func)
     chains = {}
     for var, conv in bound.items():
@@ -85,15 +106,19 @@ def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
         if b is not None:
             dropped.append(end)
             end, bias = reader[end], b
+        residual = _residual_of(bound.get(reader.get(end)), end)
+        if residual is not None:
+            dropped.append(end)
+            end = reader[end]
         while (step := _clamp_of(bound.get(reader.get(end)), end)) is not None and step[0] not in clamp:
             dropped.append(end)
             end, clamp[step[0]] = reader[end], step[1]
-        chains[end] = (conv, bias, clamp.get("lo"), clamp.get("hi"), dropped)
+        chains[end] = (conv, bias, residual, clamp.get("lo"), clamp.get("hi"), dropped)
     return chains
 
 
 @relax.expr_functor.mutator
-class _DepthwiseS2(relax.PyExprMutator):
+class _Depthwise3x3(relax.PyExprMutator):
     def __init__(self, mod, lanes: int):
         super().__init__(mod)
         self.lanes = lanes
@@ -111,25 +136,31 @@ class _DepthwiseS2(relax.PyExprMutator):
         if binding.var not in self.chains:
             super().visit_var_binding_(binding)
             return
-        conv, bias, lo, hi, _ = self.chains[binding.var]
+        conv, bias, residual, lo, hi, _ = self.chains[binding.var]
         x = self.visit_expr(conv.args[0])
         wnp = _const_array(conv.args[1])
         _, c, h, w = (int(d) for d in x.ty.shape)
-        kernel = self.builder_.add_func(depthwise_s2(c, h, w, self.lanes, lo, hi), DEPTHWISE_S2)
-        taps = relax.const(np.ascontiguousarray(wnp.reshape(c, 9)))
-        out = relax.TensorType([1, c, h // 2, w // 2], "float32")
-        y = relax.call_tir(kernel, [x, taps, relax.const(bias)], out)
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(y)))
+        s = int(conv.attrs.strides[0])
+        args = [x, relax.const(np.ascontiguousarray(wnp.reshape(c, 9))), relax.const(bias)]
+        if s == 2:
+            kernel = self.builder_.add_func(depthwise_s2(c, h, w, self.lanes, lo, hi), DEPTHWISE_S2)
+        else:
+            func = depthwise_s1(c, h, w, self.lanes, lo, hi, residual is not None)
+            kernel = self.builder_.add_func(func, DEPTHWISE_S1)
+            args += [self.visit_expr(residual)] if residual is not None else []
+        out = relax.TensorType([1, c, h // s, w // s], "float32")
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(
+            relax.call_tir(kernel, args, out))))
 
 
-def depthwise_s2_convs(target):
+def depthwise_3x3_convs(target):
     """The rewrite as a module pass (before legalisation, after the constants are folded: the
     Clip's bounds are constants then)."""
     lanes = cpu_info(target).lanes
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgeDepthwiseS2")
+    @tvm.transform.module_pass(opt_level=0, name="EdgeDepthwise3x3")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        mutator = _DepthwiseS2(mod, lanes)
+        mutator = _Depthwise3x3(mod, lanes)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(gv, mutator.rewrite(func))

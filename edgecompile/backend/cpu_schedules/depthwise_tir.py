@@ -1,4 +1,4 @@
-"""A 3x3 stride-2 depthwise convolution (padding 1, NCHW), written as vector TIR.
+"""3x3 depthwise convolutions (padding 1, NCHW, stride 2 or 1), written as vector TIR.
 
 The rules' window schedule builds a padded plane per channel with its columns de-interleaved
 (even, odd: planes.py), then runs the window along contiguous rows of it. That copy was half of
@@ -13,6 +13,13 @@ padding that a window reads.
 
 x [1, C, H, W] (H, W even), weights [C, 9] (ky * 3 + kx), bias [C] -> y [1, C, H/2, W/2],
 with the bias and an optional clamp (ReLU, ReLU6) in its stores.
+
+Stride 1 the same way: each window row is three loads of n columns (left, middle, right:
+unaligned loads of the row itself), the map's edge columns shifted in as zeros, the top and
+bottom rows peeled (their padding rows skipped); the residual add of a block (MobileNeXt's
+second depthwise) can be in its stores too. The rules' kernel copied each channel's padded
+plane first: alone, one Zen 4 thread, 192 @28 55 -> 39 us, 32 @112 135 -> 96, 144 @56 145 ->
+123, 384 @14 30 -> 21, 288 @14 23 -> 16.
 """
 from __future__ import annotations
 
@@ -29,6 +36,14 @@ def left_column(x0: int, n: int) -> tuple[int, int]:
     before the tensor)."""
     start = max(2 * x0 - n, 0)
     return start, 2 * x0 - 1 - start
+
+
+def _clamp(acc, lo: float | None, hi: float | None, n: int):
+    if lo is not None:
+        acc = tirx.Max(acc, tirx.Broadcast(tirx.FloatImm(F32, lo), _i(n)))
+    if hi is not None:
+        acc = tirx.Min(acc, tirx.Broadcast(tirx.FloatImm(F32, hi), _i(n)))
+    return acc
 
 
 def depthwise_s2(c: int, h: int, w: int, lanes: int, lo: float | None, hi: float | None) -> tirx.PrimFunc:
@@ -67,11 +82,7 @@ def depthwise_s2(c: int, h: int, w: int, lanes: int, lo: float | None, hi: float
                     before = tirx.BufferLoad(xbuf, _row(xbuf, (0, ch, r), start, n))
                 left = tirx.Shuffle([before, od], [_i(lane)] + [_i(n + j) for j in range(n - 1)])
                 acc = acc + left * tap(ky, 0) + ev * tap(ky, 1) + od * tap(ky, 2)
-            if lo is not None:
-                acc = tirx.Max(acc, tirx.Broadcast(tirx.FloatImm(F32, lo), _i(n)))
-            if hi is not None:
-                acc = tirx.Min(acc, tirx.Broadcast(tirx.FloatImm(F32, hi), _i(n)))
-            stmts.append(tirx.BufferStore(ybuf, acc, _row(ybuf, (0, ch, y), x0, n)))
+            stmts.append(tirx.BufferStore(ybuf, _clamp(acc, lo, hi, n), _row(ybuf, (0, ch, y), x0, n)))
         return _seq(stmts)
 
     rows = [row(_i(0), True)]
@@ -79,3 +90,45 @@ def depthwise_s2(c: int, h: int, w: int, lanes: int, lo: float | None, hi: float
         rows.append(tirx.For(ty, _i(1), _i(ho - 1), tirx.ForKind.SERIAL, row(ty, False)))
     body = tirx.For(ch, _i(0), _i(c), tirx.ForKind.PARALLEL, _seq(rows))
     return _func([xbuf, wbuf, bbuf, ybuf], body)
+
+
+def depthwise_s1(c: int, h: int, w: int, lanes: int, lo: float | None, hi: float | None,
+                 residual: bool) -> tirx.PrimFunc:
+    """x [1, C, H, W] (H >= 2), weights [C, 9], bias [C] (, residual [1, C, H, W]) -> y [1, C, H, W]."""
+    n, starts = overlapping_chunks(lanes, w)
+    xbuf = tirx.decl_buffer((1, c, h, w), F32, "x")
+    wbuf = tirx.decl_buffer((c, 9), F32, "weights")
+    bbuf = tirx.decl_buffer((c,), F32, "bias")
+    rbuf = tirx.decl_buffer((1, c, h, w), F32, "residual")
+    ybuf = tirx.decl_buffer((1, c, h, w), F32, "y")
+    ch = tirx.Var("c", "int32")
+    ty = tirx.Var("y", "int32")
+    zero = tirx.Broadcast(tirx.FloatImm(F32, 0.0), _i(n))
+
+    def tap(ky: int, kx: int):
+        return tirx.Broadcast(tirx.BufferLoad(wbuf, [ch, _i(ky * 3 + kx)]), _i(n))
+
+    def row(y, kys: tuple[int, ...]) -> tirx.Stmt:
+        """Output row y from the window rows kys (the first and last rows skip their padding)."""
+        stmts = []
+        for x0 in starts:
+            acc = tirx.Broadcast(tirx.BufferLoad(bbuf, [ch]), _i(n))
+            for ky in kys:
+                r = y + (ky - 1)
+                mid = tirx.BufferLoad(xbuf, _row(xbuf, (0, ch, r), x0, n))
+                left = (tirx.Shuffle([zero, mid], [_i(n - 1 + j) for j in range(n)]) if x0 == 0
+                        else tirx.BufferLoad(xbuf, _row(xbuf, (0, ch, r), x0 - 1, n)))
+                right = (tirx.Shuffle([mid, zero], [_i(1 + j) for j in range(n)]) if x0 + n == w
+                         else tirx.BufferLoad(xbuf, _row(xbuf, (0, ch, r), x0 + 1, n)))
+                acc = acc + left * tap(ky, 0) + mid * tap(ky, 1) + right * tap(ky, 2)
+            if residual:
+                acc = acc + tirx.BufferLoad(rbuf, _row(rbuf, (0, ch, y), x0, n))
+            stmts.append(tirx.BufferStore(ybuf, _clamp(acc, lo, hi, n), _row(ybuf, (0, ch, y), x0, n)))
+        return _seq(stmts)
+
+    rows = [row(_i(0), (1, 2))]
+    if h > 2:
+        rows.append(tirx.For(ty, _i(1), _i(h - 2), tirx.ForKind.SERIAL, row(ty, (0, 1, 2))))
+    rows.append(row(_i(h - 1), (0, 1)))
+    body = tirx.For(ch, _i(0), _i(c), tirx.ForKind.PARALLEL, _seq(rows))
+    return _func([xbuf, wbuf, bbuf] + ([rbuf] if residual else []) + [ybuf], body)

@@ -1,12 +1,13 @@
-"""The stride-2 depthwise rewrite (backend/cpu_schedules/depthwise_s2.py, depthwise_s2_tir.py).
+"""The 3x3 depthwise rewrite (backend/cpu_schedules/depthwise_3x3.py, depthwise_tir.py).
 
-The kernel is hand-written vector TIR, so it is checked whole, compiled through the project's
-compile stage with the real TVM and run against ONNX Runtime, at the three vector widths this
-CPU can run (4 lanes as NEON, 8, 16), on the geometries that break it: rows taken as one chunk,
-as several, with the last one overlapping the one before (15 and 28 columns at 16 lanes, 14 at
-8), the narrowest row taken, non-square maps, channel counts no vector divides (3, 24, 58), the
-first output row's top padding, and each epilogue (none, ReLU, ONNX's Clip). Then, which
-convolutions the rewrite takes. Tolerance: test_cpu_schedules.py's (9-term sums plus a bias).
+The kernels are hand-written vector TIR, so they are checked whole, compiled through the
+project's compile stage with the real TVM and run against ONNX Runtime, at the three vector
+widths this CPU can run (4 lanes as NEON, 8, 16), on the geometries that break them: rows taken
+as one chunk, as several, with the last one overlapping the one before (15 and 28 columns at 16
+lanes, 14 at 8), the narrowest row taken, non-square maps, channel counts no vector divides (3,
+24, 58), the first and last rows' padding, the map's edge columns, and each epilogue (none,
+ReLU, ONNX's Clip, a residual add). Then, which convolutions the rewrite takes. Tolerance:
+test_cpu_schedules.py's (9-term sums plus a bias).
 """
 from __future__ import annotations
 
@@ -17,37 +18,45 @@ from onnx import helper
 from test_cpu_schedules import WIDTHS, _b, _check_against_onnxruntime, _model, _w, conv
 
 from edgecompile.backend import compiler, kernels
-from edgecompile.backend.cpu_schedules.depthwise_s2 import applies
-from edgecompile.backend.cpu_schedules.depthwise_s2_tir import left_column
+from edgecompile.backend.cpu_schedules.depthwise_3x3 import applies
+from edgecompile.backend.cpu_schedules.depthwise_tir import left_column
 from edgecompile.backend.cpu_schedules.legalize import _const_array
 from edgecompile.backend.cpu_schedules.pipeline import fuse_passes
 from edgecompile.backend.cpu_schedules.rules.common import overlapping_chunks
-from edgecompile.backend.cpu_schedules.tags import DEPTHWISE_S2
+from edgecompile.backend.cpu_schedules.tags import DEPTHWISE_S1, DEPTHWISE_S2
 
 pytestmark = pytest.mark.tvm
 
 LANES = {"sse-4": 4, "avx2-8": 8, "avx512-16": 16}
 
-# case -> (channels, rows, columns, activation)
+# case -> (channels, rows, columns, activation, stride)
 CASES = {
-    "96 @112 + ReLU6 (MobileNet v2's first)": (96, 112, 112, "relu6"),
-    "192 @56, linear (MobileNeXt's: 28 columns, chunks 0 and 12 at 16 lanes)": (192, 56, 56, None),
-    "58 @28 + ReLU (ShuffleNet v2's channels; 14 columns: 8 + 8 overlapping)": (58, 28, 28, "relu"),
-    "3 @30, linear (15 columns: chunks 0 and 7 at 16 lanes)": (3, 30, 30, None),
+    "96 @112 + ReLU6 (MobileNet v2's first)": (96, 112, 112, "relu6", 2),
+    "192 @56, linear (MobileNeXt's: 28 columns, chunks 0 and 12 at 16 lanes)": (192, 56, 56, None, 2),
+    "58 @28 + ReLU (ShuffleNet v2's channels; 14 columns: 8 + 8 overlapping)": (58, 28, 28, "relu", 2),
+    "3 @30, linear (15 columns: chunks 0 and 7 at 16 lanes)": (3, 30, 30, None, 2),
     "16 @40 + ReLU6 (20 columns: chunks 0 and 4, the 2nd's left column at the row's start)":
-        (16, 40, 40, "relu6"),
-    "24 @20 x 56 + ReLU6 (non-square)": (24, 20, 56, "relu6"),
-    "5 @8 (4 columns: taken at 4 lanes only)": (5, 8, 8, "relu"),
-    "7 @2 x 32 (one output row: only the padded top one)": (7, 2, 32, None),
+        (16, 40, 40, "relu6", 2),
+    "24 @20 x 56 + ReLU6 (non-square)": (24, 20, 56, "relu6", 2),
+    "5 @8 (4 columns: taken at 4 lanes only)": (5, 8, 8, "relu", 2),
+    "7 @2 x 32 (one output row: only the padded top one)": (7, 2, 32, None, 2),
+    "stride 1: 32 @112 + ReLU6 (MobileNeXt's first)": (32, 112, 112, "relu6", 1),
+    "stride 1: 58 @28, linear (28 columns: 16 + 16 overlapping)": (58, 28, 28, None, 1),
+    "stride 1: 3 @15 x 14 + ReLU (14 columns: 8 + 8 at 16 lanes)": (3, 15, 14, "relu", 1),
+    "stride 1: 5 @2 x 16 (two rows: first and last only)": (5, 2, 16, None, 1),
+    "stride 1: 4 @6 x 4 (4 columns: one chunk, both edges shifted in)": (4, 6, 4, "relu6", 1),
 }
 
 
-def _dw(c: int, h: int, w: int, act: str | None):
-    model = conv(c, c, h, k=3, stride=2, groups=c, act=act)
+def _dw(c: int, h: int, w: int, act: str | None, stride: int = 2, residual: bool = False):
+    model = conv(c, c, h, k=3, stride=stride, groups=c, act=act, residual=residual)
     if h != w:  # conv() builds square maps
-        nodes = list(model.graph.node)
-        model = _model(nodes, list(model.graph.initializer), [1, c, h, w])
+        model = _model(list(model.graph.node), list(model.graph.initializer), [1, c, h, w])
     return model
+
+
+def _taken(names: list[str]) -> bool:
+    return any(n.startswith((DEPTHWISE_S1, DEPTHWISE_S2)) for n in names)
 
 
 def _kernels_after_fusion(model, shape, mcpu: str = "skylake-avx512") -> list[str]:
@@ -61,23 +70,32 @@ def _kernels_after_fusion(model, shape, mcpu: str = "skylake-avx512") -> list[st
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("case", CASES)
 def test_matches_onnxruntime(case, width, tmp_path):
-    c, h, w, act = CASES[case]
-    model = _dw(c, h, w, act)
-    taken = any(n.startswith(DEPTHWISE_S2) for n in _kernels_after_fusion(model, (1, c, h, w), WIDTHS[width]))
-    assert taken == (w // 2 >= min(LANES[width], 14)), "the case no longer covers the kernel"
+    c, h, w, act, stride = CASES[case]
+    model = _dw(c, h, w, act, stride)
+    taken = _taken(_kernels_after_fusion(model, (1, c, h, w), WIDTHS[width]))
+    assert taken == (w // stride >= min(LANES[width], 14)), "the case no longer covers the kernel"
     _check_against_onnxruntime(model, width, tmp_path)
 
 
-@pytest.mark.usefixtures("rules_for_stride2_depthwise")
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("case", list(CASES)[1:4])
+@pytest.mark.parametrize("act", [None, "relu6"])
+def test_a_residual_add_is_in_the_stride_1_kernel(act, width, tmp_path):
+    """MobileNeXt's second depthwise: conv + bias + the block's input, one kernel."""
+    model = _dw(24, 28, 28, act, stride=1, residual=True)
+    if act is None:  # conv -> bias -> add(x): the add is in the kernel, no pass of its own
+        assert _kernels_after_fusion(model, (1, 24, 28, 28), WIDTHS[width]) == [DEPTHWISE_S1]
+    _check_against_onnxruntime(model, width, tmp_path)
+
+
+@pytest.mark.usefixtures("rules_for_depthwise_3x3")
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("case", list(CASES)[1:4] + list(CASES)[9:11])
 def test_with_the_rewrite_off_the_rules_still_match(case, width, tmp_path):
     """The rules' window kernel (de-interleaved plane) still serves the stride-2 depthwise maps
     the rewrite leaves (odd, narrow ones): the same geometries through it."""
-    c, h, w, act = CASES[case]
-    model = _dw(c, h, w, act)
-    names = _kernels_after_fusion(model, (1, c, h, w), WIDTHS[width])
-    assert not any(n.startswith(DEPTHWISE_S2) for n in names)
+    c, h, w, act, stride = CASES[case]
+    model = _dw(c, h, w, act, stride)
+    assert not _taken(_kernels_after_fusion(model, (1, c, h, w), WIDTHS[width]))
     _check_against_onnxruntime(model, width, tmp_path)
 
 
@@ -121,7 +139,8 @@ WHICH = {
     "14 columns (the narrowest taken at 16 lanes)": ((32, 32, 28, DW), True),
     "7 columns (4-lane chunks: the rules' kernel was faster)": ((32, 32, 14, DW), False),
     "odd map (the window would read a right padding column)": ((32, 32, 55, DW), False),
-    "stride 1": ((32, 32, 56, {"groups": 32}), False),
+    "stride 1, 56 columns": ((32, 32, 56, {"groups": 32}), True),
+    "stride 1, 7 columns (the rules' kernel along the flattened map)": ((32, 32, 7, {"groups": 32}), False),
     "grouped, not depthwise": ((32, 32, 56, {"stride": 2, "groups": 8}), False),
     "5x5": ((32, 32, 56, {**DW, "k": 5}), False),
     "no padding": ((32, 32, 56, {**DW, "pad": 0}), False),
@@ -134,7 +153,7 @@ def test_which_convolutions_are_taken(case):
     (cin, cout, hw, kw), taken = WHICH[case]
     model = conv(cin, cout, hw, **{"k": 3, **kw})
     names = _kernels_after_fusion(model, (1, cin, hw, hw))
-    assert any(n.startswith(DEPTHWISE_S2) for n in names) == taken, names
+    assert _taken(names) == taken, names
     mod = compiler.import_onnx(model, "x", (1, cin, hw, hw))
     call = next(b.value for b in mod["main"].body.blocks[0].bindings
                 if getattr(b.value, "op", None) is not None and b.value.op.name == "relax.nn.conv2d")
