@@ -16,12 +16,11 @@ fast or faster there (288 @20 20.6 vs 21.7, 64 @18 4.0 vs 4.8, 32 @16 1.3 vs 1.5
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 from tvm.ir import Op
 
 from .depthwise_tir import depthwise_s1, depthwise_s2
-from .graph_chains import CALL_TIR, bias_vector, scalar, scan
+from .graph_chains import CALL_TIR, bias_vector, chain_rewrite, plain_conv_shape, scalar, scan
 from .legalize import _const_array
 from .tags import DEPTHWISE_S1, DEPTHWISE_S2
 from .target_info import cpu_info
@@ -35,23 +34,18 @@ MIN_OUT_WIDTH = 14
 
 
 def applies(conv: relax.Call, wnp: np.ndarray | None, lanes: int) -> bool:
+    shape = plain_conv_shape(conv, wnp)
+    if shape is None:
+        return False
+    n, c, h, w = shape
     a = conv.attrs
-    shape = getattr(conv.args[0].ty, "shape", None)
-    if wnp is None or shape is None or len(shape) != 4 or wnp.ndim != 4:
-        return False
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return False
-    n, c, h, w = (int(d) for d in shape)
     stride = [int(v) for v in a.strides]
     if stride not in ([1, 1], [2, 2]):
         return False
     s = stride[0]
     fits = (h % 2 == 0 and w % 2 == 0) if s == 2 else h >= 2
     return (n == 1 and wnp.shape == (c, 1, 3, 3) and int(a.groups) == c
-            and [int(v) for v in a.dilation] == [1, 1] and [int(v) for v in a.padding] == [1, 1, 1, 1]
-            and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
-            and str(conv.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
-            and a.out_dtype in ("", None, "float32")
+            and [int(v) for v in a.padding] == [1, 1, 1, 1]
             and fits and w // s >= min(lanes, MIN_OUT_WIDTH))
 
 
@@ -117,53 +111,28 @@ def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
     return chains
 
 
-@relax.expr_functor.mutator
-class _Depthwise3x3(relax.PyExprMutator):
-    def __init__(self, mod, lanes: int):
-        super().__init__(mod)
-        self.lanes = lanes
-        self.chains: dict = {}
-        self.dropped: set = set()
-
-    def rewrite(self, func: relax.Function) -> relax.Function:
-        self.chains = _chains(func, self.lanes)
-        self.dropped = {v for (*_, dropped) in self.chains.values() for v in dropped}
-        return self.visit_expr(func)
-
-    def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
-        if binding.var in self.dropped:
-            return
-        if binding.var not in self.chains:
-            super().visit_var_binding_(binding)
-            return
-        conv, bias, residual, lo, hi, _ = self.chains[binding.var]
-        x = self.visit_expr(conv.args[0])
+def _emit(lanes: int):
+    def emit(mutator, binding, chain) -> None:
+        conv, bias, residual, lo, hi, _ = chain
+        bb = mutator.builder_
+        x = mutator.visit_expr(conv.args[0])
         wnp = _const_array(conv.args[1])
         _, c, h, w = (int(d) for d in x.ty.shape)
         s = int(conv.attrs.strides[0])
         args = [x, relax.const(np.ascontiguousarray(wnp.reshape(c, 9))), relax.const(bias)]
         if s == 2:
-            kernel = self.builder_.add_func(depthwise_s2(c, h, w, self.lanes, lo, hi), DEPTHWISE_S2)
+            kernel = bb.add_func(depthwise_s2(c, h, w, lanes, lo, hi), DEPTHWISE_S2)
         else:
-            func = depthwise_s1(c, h, w, self.lanes, lo, hi, residual is not None)
-            kernel = self.builder_.add_func(func, DEPTHWISE_S1)
-            args += [self.visit_expr(residual)] if residual is not None else []
+            kernel = bb.add_func(depthwise_s1(c, h, w, lanes, lo, hi, residual is not None), DEPTHWISE_S1)
+            args += [mutator.visit_expr(residual)] if residual is not None else []
         out = relax.TensorType([1, c, h // s, w // s], "float32")
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(
-            relax.call_tir(kernel, args, out))))
+        bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(relax.call_tir(kernel, args, out))))
+
+    return emit
 
 
 def depthwise_3x3_convs(target):
     """The rewrite as a module pass (before legalisation, after the constants are folded: the
     Clip's bounds are constants then)."""
     lanes = cpu_info(target).lanes
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgeDepthwise3x3")
-    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        mutator = _Depthwise3x3(mod, lanes)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.rewrite(func))
-        return mutator.builder_.get()
-
-    return _pass
+    return chain_rewrite("EdgeDepthwise3x3", lambda func: _chains(func, lanes), _emit(lanes))

@@ -27,12 +27,11 @@ records, F(2x2) -> F(4x4) on its 55 and 27 maps: 0.86-0.96 of its latency (paire
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 from tvm.ir import Op
 
 from . import winograd_tir
-from .graph_chains import bias_vector, scan
+from .graph_chains import bias_vector, chain_rewrite, plain_conv_shape, scan
 from .legalize import _const_array
 from .tags import WINOGRAD_INPUT, WINOGRAD_OUTPUT
 from .target_info import cpu_info
@@ -69,19 +68,13 @@ def tile_size(call: relax.Call, wnp: np.ndarray | None) -> int | None:
     """The output tile m of F(m x m, 3x3) this convolution is rewritten with: the largest whose
     tiles are enough for the GEMMs (MIN_TILES), at least two a row (the transforms' narrowest
     vector); None where the rewrite does not pay or does not apply."""
+    shape = plain_conv_shape(call, wnp)
+    if shape is None:
+        return None
+    n, c, h, w = shape
     a = call.attrs
-    shape = getattr(call.args[0].ty, "shape", None)
-    if wnp is None or shape is None or len(shape) != 4 or wnp.ndim != 4:
-        return None
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    n, c, h, w = (int(d) for d in shape)
     applies = (n == 1 and wnp.shape[2:] == (3, 3) and int(a.groups) == 1
-               and [int(v) for v in a.strides] == [1, 1] and [int(v) for v in a.dilation] == [1, 1]
-               and [int(v) for v in a.padding] == [1, 1, 1, 1]
-               and a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
-               and str(call.args[0].ty.dtype) == "float32" and str(wnp.dtype) == "float32"
-               and a.out_dtype in ("", None, "float32")
+               and [int(v) for v in a.strides] == [1, 1] and [int(v) for v in a.padding] == [1, 1, 1, 1]
                and c >= MIN_CHANNELS and wnp.shape[0] >= MIN_CHANNELS)
     if not applies:
         return None
@@ -121,52 +114,28 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
     return chains
 
 
-@relax.expr_functor.mutator
-class _Winograd(relax.PyExprMutator):
-    def __init__(self, mod, lanes: int):
-        super().__init__(mod)
-        self.lanes = lanes
-        self.chains: dict = {}
-        self.dropped: set = set()
-
-    def rewrite(self, func: relax.Function) -> relax.Function:
-        self.chains = _chains(func)
-        self.dropped = {v for (*_, dropped) in self.chains.values() for v in dropped}
-        return self.visit_expr(func)
-
-    def visit_var_binding_(self, binding) -> None:  # noqa: N802 - TVM's visitor name
-        if binding.var in self.dropped:
-            return
-        if binding.var not in self.chains:
-            super().visit_var_binding_(binding)
-            return
-        conv, m, bias, relu, _ = self.chains[binding.var]
-        x = self.visit_expr(conv.args[0])
+def _emit(lanes: int):
+    def emit(mutator, binding, chain) -> None:
+        conv, m, bias, relu, _ = chain
+        x = mutator.visit_expr(conv.args[0])
         wnp = _const_array(conv.args[1])
         k, c = wnp.shape[:2]
         _, _, h, w = (int(d) for d in x.ty.shape)
         th, tw = winograd_tir.tiles(h, w, m)
         points = (m + 2) ** 2
-        bb = self.builder_
-        f_in = bb.add_func(winograd_tir.input_transform(c, h, w, self.lanes, m), WINOGRAD_INPUT)
-        f_out = bb.add_func(winograd_tir.output_transform(k, h, w, self.lanes, relu, m), WINOGRAD_OUTPUT)
+        bb = mutator.builder_
+        f_in = bb.add_func(winograd_tir.input_transform(c, h, w, lanes, m), WINOGRAD_INPUT)
+        f_out = bb.add_func(winograd_tir.output_transform(k, h, w, lanes, relu, m), WINOGRAD_OUTPUT)
         v = bb.emit(relax.call_tir(f_in, [x], relax.TensorType([1, points * c, th, tw], "float32")))
         gemm = bb.emit(relax.op.nn.conv2d(v, relax.const(weight_transform(wnp, m)), groups=points))
         y = relax.call_tir(f_out, [gemm, relax.const(bias)], relax.TensorType([1, k, h, w], "float32"))
         bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(y)))
+
+    return emit
 
 
 def winograd_convs(target):
     """The rewrite as a module pass (before legalisation: the grouped conv is legalised with
     every other conv)."""
     lanes = cpu_info(target).lanes
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgeWinograd")
-    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        mutator = _Winograd(mod, lanes)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.rewrite(func))
-        return mutator.builder_.get()
-
-    return _pass
+    return chain_rewrite("EdgeWinograd", _chains, _emit(lanes))
