@@ -111,6 +111,20 @@ def test_the_left_columns_are_read_inside_their_row(lanes):
             assert start + lane == 2 * x0 - 1 and 0 <= lane < n
 
 
+@pytest.mark.parametrize("width", ["avx512-16"])
+def test_an_add_after_a_stride_2_kernel_stays_an_add(width, tmp_path):
+    """conv (stride 2) + bias + a tensor of its output's shape: the stride-2 kernel takes no
+    residual, so the add stays a kernel of its own, and the sum is still right."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1] * 4,
+                              strides=[2, 2], group=16),
+             helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Add", ["c", "p"], ["y"])]
+    model = _model(nodes, [_w("w", (16, 1, 3, 3)), _b("b", 16)], [1, 16, 56, 56])
+    names = _kernels_after_fusion(model, (1, 16, 56, 56), WIDTHS[width])
+    assert DEPTHWISE_S2 in names and any("add" in n for n in names), names
+    _check_against_onnxruntime(model, width, tmp_path)
+
+
 def test_the_epilogue_is_in_the_kernel():
     """The bias and the Clip (imported as `maximum` and `minimum` kernels) are stored by the
     kernel: no pass over its output is left."""

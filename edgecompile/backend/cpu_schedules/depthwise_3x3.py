@@ -100,7 +100,9 @@ def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
         if b is not None:
             dropped.append(end)
             end, bias = reader[end], b
-        residual = _residual_of(bound.get(reader.get(end)), end)
+        # Stride 1 only: depthwise_s2 has no residual input (no network here adds one there).
+        stride_1 = int(conv.attrs.strides[0]) == 1
+        residual = _residual_of(bound.get(reader.get(end)), end) if stride_1 else None
         if residual is not None:
             dropped.append(end)
             end = reader[end]
