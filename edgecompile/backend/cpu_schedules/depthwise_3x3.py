@@ -20,13 +20,12 @@ from tvm import relax
 from tvm.ir import Op
 
 from .depthwise_tir import depthwise_s1, depthwise_s2
-from .graph_chains import CALL_TIR, bias_vector, chain_rewrite, plain_conv_shape, scalar, scan
+from .graph_chains import ADD, CALL_TIR, bias_after, chain_rewrite, plain_conv_shape, scalar, scan
 from .legalize import _const_array
 from .tags import DEPTHWISE_S1, DEPTHWISE_S2
 from .target_info import cpu_info
 
 _CONV = Op.get("relax.nn.conv2d")
-_ADD = Op.get("relax.add")
 _RELU = Op.get("relax.nn.relu")
 
 # Output row width from which the kernel is taken, as min(lanes, MIN_OUT_WIDTH) (see above).
@@ -52,7 +51,7 @@ def applies(conv: relax.Call, wnp: np.ndarray | None, lanes: int) -> bool:
 def _residual_of(value, end) -> relax.Var | None:
     """The other operand where ``value`` adds a tensor of ``end``'s shape to it (a block's
     shortcut), not a constant."""
-    if not (isinstance(value, relax.Call) and value.op.same_as(_ADD)):
+    if not (isinstance(value, relax.Call) and value.op.same_as(ADD)):
         return None
     a, b = value.args
     other = b if a.same_as(end) else a if b.same_as(end) else None
@@ -94,9 +93,7 @@ def _chains(func: relax.Function, lanes: int) -> dict[relax.Var, tuple]:
             continue
         c = int(conv.ty.shape[1])
         end, bias, clamp, dropped = var, np.zeros(c, np.float32), {}, []
-        add = bound.get(reader.get(end))
-        b = bias_vector(add.args[1], c) if isinstance(add, relax.Call) and add.op.same_as(_ADD) \
-            and add.args[0].same_as(end) else None
+        b = bias_after(bound, reader, end, c)
         if b is not None:
             dropped.append(end)
             end, bias = reader[end], b

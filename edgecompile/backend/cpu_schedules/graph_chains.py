@@ -12,6 +12,7 @@ from tvm.ir import Op
 from .legalize import _const_array
 
 CALL_TIR = Op.get("relax.call_tir")
+ADD = Op.get("relax.add")
 
 
 def scan(func: relax.Function) -> tuple[dict, dict]:
@@ -65,6 +66,14 @@ def bias_vector(expr: relax.Expr, k: int) -> np.ndarray | None:
     if b is None or b.ndim not in (3, 4) or b.size != k or b.shape[-3] != k or str(b.dtype) != "float32":
         return None  # a [K] bias would broadcast along the rows' columns, not the channels
     return np.ascontiguousarray(b.reshape(k))
+
+
+def bias_after(bound: dict, reader: dict, end: relax.Var, k: int) -> np.ndarray | None:
+    """The per-channel bias [K] where ``end``'s single reader is add(end, bias constant)."""
+    add = bound.get(reader.get(end))
+    if not (isinstance(add, relax.Call) and add.op.same_as(ADD) and add.args[0].same_as(end)):
+        return None
+    return bias_vector(add.args[1], k)
 
 
 def scalar(expr: relax.Expr) -> float | None:

@@ -31,13 +31,12 @@ from tvm import relax
 from tvm.ir import Op
 
 from . import winograd_tir
-from .graph_chains import bias_vector, chain_rewrite, plain_conv_shape, scan
+from .graph_chains import bias_after, chain_rewrite, plain_conv_shape, scan
 from .legalize import _const_array
 from .tags import WINOGRAD_INPUT, WINOGRAD_OUTPUT
 from .target_info import cpu_info
 
 _CONV = Op.get("relax.nn.conv2d")
-_ADD = Op.get("relax.add")
 _RELU = Op.get("relax.nn.relu")
 
 # The GEMMs' reduction is the input channels; 16 is the fewest measured (gains above). Fewer
@@ -102,8 +101,7 @@ def _chains(func: relax.Function) -> dict[relax.Var, tuple]:
             continue
         k = int(conv.ty.shape[1])
         end, bias, relu, dropped = var, np.zeros(k, np.float32), False, []
-        add = call_of(reader.get(end), _ADD)
-        b = bias_vector(add.args[1], k) if add is not None and add.args[0].same_as(end) else None
+        b = bias_after(bound, reader, end, k)
         if b is not None:
             dropped.append(end)
             end, bias = reader[end], b
